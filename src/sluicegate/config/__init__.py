@@ -1,0 +1,1 @@
+"""Typed configuration: pydantic models, YAML loading, ${VAR} expansion, precise errors."""

@@ -1,0 +1,157 @@
+"""One upstream attempt: connect, send, and read until the first complete event (or the whole body).
+
+Nothing has reached the client while an attempt runs, so every failure here is an `AttemptFailed` carrying the
+clean HTTP error the client would get and the retry condition it matches (config `retry.on`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import aiohttp
+
+from sluicegate.gateway.routing import Deployment
+from sluicegate.observe.metrics import Metrics
+from sluicegate.providers.base import StreamCodec
+from sluicegate.types import GatewayError, GatewayRequest, Outcome
+from sluicegate.wire.errors import WireError
+
+ERROR_BODY_LIMIT = 64 * 1024
+
+
+class AttemptFailed(Exception):
+    def __init__(self, condition: str | int, error: GatewayError) -> None:
+        super().__init__(error.message)
+        self.condition = condition  # matches config retry.on: connect_error, reset, 503, ...
+        self.error = error
+
+
+class UpstreamCall:
+    """An open upstream response, counted in the deployment's in-flight numbers until `close()` (called once)."""
+
+    __slots__ = ("_closed", "_metrics", "deployment", "response")
+
+    def __init__(self, deployment: Deployment, metrics: Metrics) -> None:
+        self.deployment = deployment
+        self.response: aiohttp.ClientResponse | None = None
+        self._metrics = metrics
+        self._closed = False
+        deployment.in_flight += 1
+        metrics.upstream_in_flight.labels(deployment.label).inc()
+
+    def close(self, *, reuse: bool = False) -> None:
+        """reuse=True returns a fully read connection to the pool; otherwise the connection is dropped at once,
+        which is how the upstream learns that nobody is reading any more."""
+        if self._closed:
+            return
+        self._closed = True
+        self.deployment.in_flight -= 1
+        self._metrics.upstream_in_flight.labels(self.deployment.label).dec()
+        if self.response is not None:
+            if reuse:
+                self.response.release()
+            else:
+                self.response.close()
+
+
+@dataclass(slots=True)
+class StreamStart:
+    call: UpstreamCall
+    codec: StreamCodec
+    first: bytes  # the bytes of the first event(s), ready for the client
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # HTTP-date form: rare from model servers; treated as absent
+    return seconds if seconds >= 0 and math.isfinite(seconds) else None
+
+
+async def send(
+    session: aiohttp.ClientSession, req: GatewayRequest, deployment: Deployment, matched: str, metrics: Metrics,
+    read_bufsize: int,
+) -> UpstreamCall:
+    """Connect and send; on return the response status and headers are in. Non-200 -> AttemptFailed."""
+    adapter = deployment.adapter
+    upstream = adapter.build_request(req, deployment.config, deployment.upstream_model(matched, req.model))
+    call = UpstreamCall(deployment, metrics)
+    try:
+        call.response = await session.post(
+            upstream.url, data=upstream.body, headers=upstream.headers, read_bufsize=read_bufsize,
+            timeout=aiohttp.ClientTimeout(total=None, connect=None, sock_connect=deployment.timeouts.connect),
+        )
+    except aiohttp.ConnectionTimeoutError:
+        call.close()
+        raise AttemptFailed("timeout_connect", GatewayError(
+            504, f"Timed out connecting to the upstream after {deployment.timeouts.connect:g}s.",
+            type="timeout", code="timeout_connect", outcome=Outcome.TIMEOUT_CONNECT)) from None
+    except (aiohttp.ClientConnectionError, OSError) as exc:
+        call.close()
+        raise AttemptFailed("connect_error", GatewayError(
+            502, f"Could not reach the upstream: {type(exc).__name__}.", type="upstream_error",
+            code="upstream_connect_error")) from None
+    except BaseException:
+        call.close()
+        raise
+    response = call.response
+    if response.status != 200:
+        try:
+            body = await response.content.read(ERROR_BODY_LIMIT)
+        except (aiohttp.ClientError, OSError):
+            body = b""
+        call.close()
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        raise AttemptFailed(response.status, adapter.error_from_response(response.status, body, retry_after))
+    return call
+
+
+async def read_first_event(call: UpstreamCall, req: GatewayRequest, max_event_bytes: int) -> StreamStart:
+    """Read until the codec has the first complete event. The caller's deadline bounds the wait."""
+    assert call.response is not None
+    codec = call.deployment.adapter.stream_codec(req, max_event_bytes)
+    read = call.response.content.readany
+    first = b""
+    try:
+        while not codec.started:
+            data = await read()
+            if not data:
+                raise AttemptFailed("reset", GatewayError(
+                    502, "The upstream ended the stream before sending any event.", type="upstream_error",
+                    code="upstream_empty_stream"))
+            first = codec.feed(data)
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError):
+        call.close()
+        raise AttemptFailed("reset", GatewayError(
+            502, "The upstream connection broke before the first event.", type="upstream_error",
+            code="upstream_reset")) from None
+    except WireError as exc:
+        call.close()
+        raise AttemptFailed("reset", GatewayError(
+            502, f"The upstream sent a malformed stream: {exc}", type="upstream_error",
+            code="upstream_malformed")) from None
+    except BaseException:
+        call.close()
+        raise
+    if codec.error is not None:
+        call.close()
+        err = codec.error
+        raise AttemptFailed("error_event", GatewayError(
+            err.status, f"The upstream reported an error: {err.message}", type=err.type or "upstream_error",
+            code=err.code or "upstream_error_event"))
+    return StreamStart(call, codec, first)
+
+
+async def read_body(call: UpstreamCall) -> bytes:
+    assert call.response is not None
+    try:
+        return await call.response.read()
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError):
+        call.close()
+        raise AttemptFailed("reset", GatewayError(
+            502, "The upstream connection broke while sending the response.", type="upstream_error",
+            code="upstream_reset")) from None

@@ -1,0 +1,225 @@
+"""One request's life: route -> admit -> attempt(s) -> pump -> account.
+
+Before the first byte reaches the client every failure is a clean HTTP error (`GatewayError`, raised to the server
+layer); after it, a failure is one error event in the client's format and the stream is closed. Whatever ends a
+request, `account()` runs exactly once and the upstream connection is closed (or returned to the pool when it was
+read to its end).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import aiohttp
+
+from sluicegate.config.schema import Config
+from sluicegate.gateway.accounting import RequestRecord, account
+from sluicegate.gateway.attempt import AttemptFailed, StreamStart, UpstreamCall, read_body, read_first_event, send
+from sluicegate.gateway.client_stream import ClientGone, ClientStream
+from sluicegate.gateway.deadlines import StreamDeadlines, deadline_error
+from sluicegate.gateway.pump import PumpLimits, pump
+from sluicegate.gateway.rate import StreamRateLimiter
+from sluicegate.gateway.retry import RetryDriver
+from sluicegate.gateway.routing import Route, Router
+from sluicegate.observe.looplag import LoopLagMonitor
+from sluicegate.observe.metrics import Metrics
+from sluicegate.providers.base import NonStreamResult
+from sluicegate.types import GatewayError, GatewayRequest, Outcome
+from sluicegate.wire.errors import WireError
+
+log = logging.getLogger("sluicegate.gateway")
+
+class Gateway:
+    def __init__(self, config: Config, metrics: Metrics, *, demo_api_base: str | None = None) -> None:
+        self.config = config
+        self.metrics = metrics
+        self.router = Router(config, demo_api_base)
+        self.retry = RetryDriver(metrics)
+        self.lag = LoopLagMonitor(metrics)
+        server = config.server
+        self.limits = PumpLimits(server.chunks_per_yield, server.bytes_per_yield)
+        self.session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=False)
+        self.session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
+        )
+        self.lag.start()
+
+    async def close(self) -> None:
+        self.lag.stop()
+        if self.session is not None:
+            await self.session.close()
+
+    # --- admission checks shared by both paths ------------------------------------------------------------------
+    def _shed_check(self, record: RequestRecord) -> None:
+        limit = self.config.server.shed_lag
+        if limit and self.lag.lag > limit:
+            self.metrics.rejections.labels("worker", "worker", "shed").inc()
+            raise GatewayError(
+                503, f"The gateway is overloaded (event-loop lag {self.lag.lag * 1000:.0f} ms); retry shortly.",
+                type="server_error", code="overloaded", outcome=Outcome.SHED, retry_after=1.0)
+
+    # --- streaming ----------------------------------------------------------------------------------------------
+    async def stream(self, req: GatewayRequest, client: ClientStream, route: Route) -> RequestRecord:
+        """Serve a streaming request. Raises GatewayError only while nothing has been sent to the client."""
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        model = route.pool.config
+        server = self.config.server
+        record = RequestRecord(req, model.name)
+        hb_interval = model.heartbeat_interval if model.heartbeat_interval is not None else server.heartbeat_interval
+        hb_first = (model.heartbeat_before_first_chunk if model.heartbeat_before_first_chunk is not None
+                    else server.heartbeat_before_first_chunk)
+
+        def heartbeat() -> None:
+            self.metrics.heartbeats.labels(model.name).inc()
+            client.heartbeat()
+
+        deadlines = StreamDeadlines(
+            loop, task, model.timeouts, heartbeat_interval=hb_interval, heartbeat_before_first_chunk=hb_first,
+            send_heartbeat=heartbeat, write_stalled_since=lambda: client.stalled_since,
+        )
+        in_flight = self.metrics.streams_in_flight.labels(model.name)
+        in_flight.inc()
+        start: StreamStart | None = None
+        clean_end = False
+        try:
+            self._shed_check(record)
+            deadlines.start(req.arrived, total=model.timeouts.total)
+            start = await self.retry.first_event(
+                req, route, record, deadlines, self._attempt_stream)
+            record.deployment = start.call.deployment.label
+            client.headers["x-sluicegate-deployment"] = record.deployment
+            client.headers["x-sluicegate-attempts"] = str(record.attempts)
+            await client.write(start.first)
+            now = loop.time()
+            record.ttft = now - req.arrived
+            deadlines.streaming(now)
+            codec = start.codec
+            rate = None
+            if model.max_events_per_second or model.max_bytes_per_second:
+                rate = StreamRateLimiter(model.max_events_per_second, model.max_bytes_per_second, now)
+            assert start.call.response is not None
+            await pump(start.call.response.content.readany, codec, client, deadlines, self.limits, record.gaps,
+                       loop.time, rate)
+            record.usage = codec.usage
+            record.finish_reason = codec.finish_reason
+            if codec.error is not None:
+                record.outcome = Outcome.UPSTREAM_ERROR
+            clean_end = True
+            deadlines.stop()
+            await client.end()
+        except asyncio.CancelledError:
+            fired = deadlines.fired
+            if fired is None or task.uncancel() > 0:
+                record.outcome = Outcome.CLIENT_DISCONNECTED
+                record.client_disconnected = True
+                if not client.committed:
+                    record.status = 499  # nginx's "client closed request": nothing was answered
+                raise
+            record.outcome = fired
+            self.metrics.deadline_hits.labels(model.name, fired.value).inc()
+            error = deadline_error(fired, model)
+            if not client.committed:
+                record.status = 504
+                raise error from None
+            await self._end_with_error(client, start, error, clean=fired is not Outcome.WRITE_STALL)
+        except ClientGone:
+            record.outcome = Outcome.CLIENT_DISCONNECTED
+            record.client_disconnected = True
+        except GatewayError as error:
+            record.outcome = error.outcome
+            if not client.committed:
+                record.status = error.status
+                raise
+            await self._end_with_error(client, start, error, clean=True)
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError, WireError) as exc:
+            # The upstream broke after the stream was committed.
+            record.outcome = Outcome.UPSTREAM_ERROR
+            message = "The upstream connection broke mid-stream." if not isinstance(exc, WireError) else (
+                f"The upstream sent a malformed stream: {exc}")
+            code = "upstream_reset" if not isinstance(exc, WireError) else "upstream_malformed"
+            await self._end_with_error(client, start, GatewayError(502, message, type="upstream_error", code=code),
+                                       clean=True)
+        finally:
+            deadlines.stop()
+            if start is not None:
+                start.call.close(reuse=clean_end)
+            record.ended = loop.time()
+            record.bytes_sent = client.bytes_sent
+            in_flight.dec()
+            account(record, self.metrics)
+        return record
+
+    async def _end_with_error(self, client: ClientStream, start: StreamStart | None, error: GatewayError,
+                              *, clean: bool) -> None:
+        event = start.codec.error_event(error.code or "error", error.message) if start is not None else b""
+        with contextlib.suppress(ClientGone):
+            await client.end(event, clean=clean)
+
+    async def _attempt_stream(self, req: GatewayRequest, route: Route, deployment_index: int,
+                              deadlines: StreamDeadlines) -> StreamStart:
+        deployment = route.pool.deployments[deployment_index]
+        loop = asyncio.get_running_loop()
+        sent_at = loop.time()
+        deadlines.waiting_for_first_chunk(sent_at, deployment.timeouts.first_chunk)
+        server = self.config.server
+        assert self.session is not None
+        call = await send(self.session, req, deployment, route.matched, self.metrics, server.upstream_read_buffer)
+        start = await read_first_event(call, req, server.max_event_bytes)
+        seconds = loop.time() - sent_at
+        deployment.observe_ttft(seconds)
+        self.metrics.upstream_first_chunk.labels(deployment.label).observe(seconds)
+        return start
+
+    # --- non-streaming ------------------------------------------------------------------------------------------
+    async def complete(self, req: GatewayRequest, route: Route) -> tuple[RequestRecord, NonStreamResult]:
+        loop = asyncio.get_running_loop()
+        model = route.pool.config
+        record = RequestRecord(req, model.name)
+        try:
+            self._shed_check(record)
+            try:
+                async with asyncio.timeout(model.timeouts.request):
+                    result = await self.retry.complete(req, route, record, self._attempt_complete)
+            except TimeoutError:
+                self.metrics.deadline_hits.labels(model.name, Outcome.TIMEOUT_REQUEST.value).inc()
+                raise GatewayError(504, f"The upstream did not answer within the request deadline "
+                                   f"({model.timeouts.request:g}s).", type="timeout",
+                                   code=Outcome.TIMEOUT_REQUEST.value, outcome=Outcome.TIMEOUT_REQUEST) from None
+            record.ttft = loop.time() - req.arrived
+            record.usage = result.usage
+            record.finish_reason = result.finish_reason
+            record.bytes_sent = len(result.body)
+            return record, result
+        except asyncio.CancelledError:
+            record.outcome = Outcome.CLIENT_DISCONNECTED
+            record.client_disconnected = True
+            record.status = 499
+            raise
+        except GatewayError as error:
+            record.outcome = error.outcome
+            record.status = error.status
+            raise
+        finally:
+            record.ended = loop.time()
+            account(record, self.metrics)
+
+    async def _attempt_complete(self, req: GatewayRequest, route: Route, deployment_index: int) -> NonStreamResult:
+        deployment = route.pool.deployments[deployment_index]
+        assert self.session is not None
+        call: UpstreamCall = await send(self.session, req, deployment, route.matched, self.metrics,
+                                        self.config.server.upstream_read_buffer)
+        try:
+            body = await read_body(call)
+        finally:
+            call.close(reuse=True)
+        return deployment.adapter.nonstream_result(req, body)
+
+
+__all__ = ["AttemptFailed", "Gateway"]

@@ -1,0 +1,1 @@
+"""A fast OpenAI-compatible mock upstream for tests, benchmarks and chaos testing."""

@@ -1,0 +1,1 @@
+"""Metrics, usage records and structured logs, kept off the hot path."""

@@ -1,0 +1,1 @@
+"""Provider adapters: one per upstream API. They know formats, not policies."""

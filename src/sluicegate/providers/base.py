@@ -1,0 +1,83 @@
+"""What every provider adapter offers the gateway: build the upstream request, turn upstream bytes into the
+client's bytes (pass-through or translation), and map upstream errors. Adapters know formats, not policies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sluicegate.config.schema import DeploymentConfig
+from sluicegate.types import GatewayError, GatewayRequest
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    url: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+@dataclass(slots=True)
+class UpstreamEventError:
+    """An error event the upstream sent inside a 200 stream."""
+
+    message: str
+    code: str | None = None
+    type: str | None = None
+    status: int = 502  # what the client should see if this happens before the first byte
+
+
+class StreamCodec(Protocol):
+    """Upstream bytes in, client bytes out, for one stream. Until `started` is true the codec is looking for the
+    first complete event; `error` is set if an upstream error event was seen (the first one makes the attempt fail
+    before anything reached the client)."""
+
+    started: bool
+    error: UpstreamEventError | None
+    usage: Usage | None
+    finish_reason: str | None
+
+    @property
+    def events(self) -> int:
+        """Events seen so far (for per-stream event-rate caps)."""
+        ...
+
+    def feed(self, data: bytes) -> bytes: ...
+
+    def finish(self) -> bytes:
+        """At upstream EOF: any bytes still owed to the client (e.g. `[DONE]` for translated streams)."""
+        ...
+
+    def error_event(self, code: str, message: str) -> bytes:
+        """One error event in the client's format, written before closing a committed stream."""
+        ...
+
+
+@dataclass(slots=True)
+class NonStreamResult:
+    body: bytes
+    content_type: str = "application/json"
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ProviderAdapter(Protocol):
+    name: str
+
+    def build_request(self, req: GatewayRequest, deployment: DeploymentConfig, upstream_model: str) -> UpstreamRequest:
+        ...
+
+    def stream_codec(self, req: GatewayRequest, max_event_bytes: int) -> StreamCodec: ...
+
+    def error_from_response(self, status: int, body: bytes, retry_after: float | None) -> GatewayError:
+        """A non-200 upstream answer (before any byte reached the client) as the error the client gets."""
+        ...
+
+    def nonstream_result(self, req: GatewayRequest, body: bytes) -> NonStreamResult: ...

@@ -1,0 +1,1 @@
+"""HTTP server: routes, auth, validation, error mapping. Knows HTTP, not providers."""

@@ -1,0 +1,127 @@
+"""The aiohttp application: routes, request validation, error mapping, /metrics and /healthz."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from sluicegate.config.schema import Config
+from sluicegate.gateway.core import Gateway
+from sluicegate.gateway.routing import Route
+from sluicegate.observe.metrics import Metrics
+from sluicegate.server.client_stream import AiohttpClientStream
+from sluicegate.server.demo import DemoUpstream
+from sluicegate.server.errors import error_response
+from sluicegate.server.validate import parse_request, request_id
+from sluicegate.types import Endpoint, GatewayError, GatewayRequest, Outcome
+
+GATEWAY = web.AppKey("gateway", Gateway)
+CONFIG = web.AppKey("config", Config)
+METRICS = web.AppKey("metrics", Metrics)
+
+UNKNOWN_MODEL_LABEL = "(unknown)"
+
+
+def _count_rejected(request: web.Request, model: str, endpoint: Endpoint, error: GatewayError) -> None:
+    request.app[METRICS].requests.labels(model, endpoint.value, str(error.status)).inc()
+
+
+async def _read_request(request: web.Request, endpoint: Endpoint, rid: str) -> tuple[GatewayRequest, Route]:
+    config = request.app[CONFIG]
+    limit = config.server.max_body_bytes
+    arrived = asyncio.get_running_loop().time()
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit)
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise _too_large(limit) from None
+    req = parse_request(raw, endpoint, rid, arrived)
+    route = request.app[GATEWAY].router.resolve(req.model)
+    return req, route
+
+
+def _too_large(limit: int) -> GatewayError:
+    return GatewayError(413, f"The request body is larger than server.max_body_bytes ({limit} bytes).",
+                        type="invalid_request_error", code="request_too_large", outcome=Outcome.INVALID)
+
+
+def _endpoint_handler(endpoint: Endpoint):  # type: ignore[no-untyped-def]
+    async def handle(request: web.Request) -> web.StreamResponse:
+        rid = request_id(request.headers.get("x-request-id"))
+        gateway = request.app[GATEWAY]
+        try:
+            req, route = await _read_request(request, endpoint, rid)
+        except GatewayError as error:
+            _count_rejected(request, UNKNOWN_MODEL_LABEL, endpoint, error)
+            return error_response(error, rid)
+        if req.stream:
+            client = AiohttpClientStream(
+                request, {"x-request-id": rid}, write_buffer_high=gateway.config.server.client_write_buffer,
+                end_timeout=route.pool.config.timeouts.write_stall,
+            )
+            try:
+                await gateway.stream(req, client, route)
+            except GatewayError as error:
+                return error_response(error, rid)
+            return client.response
+        try:
+            record, result = await gateway.complete(req, route)
+        except GatewayError as error:
+            return error_response(error, rid)
+        headers = {"x-request-id": rid}
+        if record.deployment:
+            headers["x-sluicegate-deployment"] = record.deployment
+            headers["x-sluicegate-attempts"] = str(record.attempts)
+        return web.Response(body=result.body, content_type=result.content_type, headers=headers)
+
+    return handle
+
+
+async def models(request: web.Request) -> web.Response:
+    names = request.app[GATEWAY].router.public_models()
+    data = [{"id": n, "object": "model", "created": 0, "owned_by": "sluicegate"} for n in names]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    config = app[CONFIG]
+    demo: DemoUpstream | None = None
+    if any(d.provider == "demo" for m in config.models for d in m.deployments):
+        demo = DemoUpstream()
+        await demo.start()
+    gateway = Gateway(config, app[METRICS], demo_api_base=demo.api_base if demo else None)
+    await gateway.start()
+    app[GATEWAY] = gateway
+    try:
+        yield
+    finally:
+        await gateway.close()
+        if demo is not None:
+            await demo.stop()
+
+
+def create_app(config: Config, metrics_: Metrics | None = None) -> web.Application:
+    app = web.Application(client_max_size=config.server.max_body_bytes)
+    app[CONFIG] = config
+    app[METRICS] = metrics_ or Metrics()
+    app.cleanup_ctx.append(_lifecycle)
+    app.router.add_post("/v1/chat/completions", _endpoint_handler(Endpoint.CHAT))
+    app.router.add_post("/v1/completions", _endpoint_handler(Endpoint.COMPLETIONS))
+    app.router.add_post("/v1/responses", _endpoint_handler(Endpoint.RESPONSES))
+    app.router.add_get("/v1/models", models)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    return app

@@ -1,0 +1,109 @@
+"""The client side of a stream over aiohttp: commit headers with the first bytes, write without buffering,
+wait only while the client is not draining (and say since when, for the write-stall deadline)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Mapping
+
+from aiohttp import ClientConnectionResetError, web
+from aiohttp.http_writer import StreamWriter
+
+from sluicegate.gateway.client_stream import ClientGone
+from sluicegate.wire.sse import PING_COMMENT
+
+SSE_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+
+
+class AiohttpClientStream:
+    __slots__ = ("_end_timeout", "_loop", "_prepare", "_protocol", "_request", "_write_buffer_high", "_writer",
+                 "bytes_sent", "committed", "headers", "response", "stalled_since")
+
+    def __init__(self, request: web.Request, headers: Mapping[str, str], *, write_buffer_high: int,
+                 end_timeout: float) -> None:
+        self._request = request
+        self._protocol = request.protocol
+        self._loop = asyncio.get_running_loop()
+        self._writer: StreamWriter | None = None
+        self._prepare: asyncio.Task[StreamWriter] | None = None
+        self._write_buffer_high = write_buffer_high
+        self._end_timeout = end_timeout
+        self.headers = {**SSE_HEADERS, **headers}  # may be added to until the first write
+        self.response = web.StreamResponse(status=200)
+        self.committed = False
+        self.bytes_sent = 0
+        self.stalled_since = 0.0
+
+    async def _do_prepare(self) -> StreamWriter:
+        self.response.headers.update(self.headers)
+        writer = await self.response.prepare(self._request)
+        assert isinstance(writer, StreamWriter)  # write(drain=False) is StreamWriter's, not the ABC's
+        transport = self._request.transport
+        if transport is not None:
+            # A small high-water mark keeps memory per stream small; the kernel's socket buffer does the rest.
+            transport.set_write_buffer_limits(high=self._write_buffer_high)
+        self._writer = writer
+        return writer
+
+    def _commit(self) -> asyncio.Task[StreamWriter]:
+        self.committed = True
+        self._prepare = self._loop.create_task(self._do_prepare())
+        return self._prepare
+
+    async def write(self, data: bytes) -> None:
+        writer = self._writer
+        try:
+            if writer is None:
+                writer = await (self._prepare or self._commit())
+            await writer.write(data, drain=False)
+        except (ConnectionError, ClientConnectionResetError, RuntimeError) as exc:
+            raise ClientGone(str(exc)) from None
+        self.bytes_sent += len(data)
+        if self._protocol.writing_paused:
+            self.stalled_since = self._loop.time()
+            try:
+                await writer.drain()
+            except (ConnectionError, ClientConnectionResetError) as exc:
+                raise ClientGone(str(exc)) from None
+            finally:
+                self.stalled_since = 0.0
+
+    def heartbeat(self) -> None:
+        if self._writer is not None and self._protocol.writing_paused:
+            return
+        task = self._loop.create_task(self._write_quietly(PING_COMMENT))
+        task.add_done_callback(_consume)
+
+    async def _write_quietly(self, data: bytes) -> None:
+        writer = self._writer or await (self._prepare or self._commit())
+        with contextlib.suppress(ConnectionError, ClientConnectionResetError, RuntimeError):
+            await writer.write(data, drain=False)
+            self.bytes_sent += len(data)
+
+    async def end(self, final: bytes = b"", *, clean: bool = True) -> None:
+        if not clean:
+            transport = self._request.transport
+            if transport is not None:
+                transport.abort()  # the client stopped reading: drop what is queued, free the memory now
+            return
+        try:
+            async with asyncio.timeout(self._end_timeout):
+                if final:
+                    await self.write(final)
+                if self._writer is None and self._prepare is None:
+                    return
+                await self.response.write_eof()
+        except (TimeoutError, ConnectionError, ClientConnectionResetError, RuntimeError):
+            transport = self._request.transport
+            if transport is not None:
+                transport.abort()
+
+
+def _consume(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -1,0 +1,20 @@
+"""Errors as HTTP responses in OpenAI's shape, so every official SDK maps them to its exception classes."""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+from aiohttp import web
+
+from sluicegate.types import GatewayError
+
+_encode = msgspec.json.Encoder()
+
+
+def error_response(error: GatewayError, request_id: str) -> web.Response:
+    headers = {"x-request-id": request_id}
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
+    body = error.upstream_body if error.upstream_body is not None else _encode.encode(error.payload())
+    return web.Response(status=error.status, body=body, content_type="application/json", headers=headers)

@@ -1,0 +1,1 @@
+"""Shared counters, semaphores and budgets: in-memory (default) or Redis (cluster-wide)."""
