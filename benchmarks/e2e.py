@@ -275,7 +275,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tokens", type=int, default=200, help="tokens per stream (default 200)")
     p.add_argument("--interval", type=float, default=0.01, help="seconds between tokens (default 0.01)")
     p.add_argument("--requests", type=int, default=None, help="measured requests per run (default 2 x concurrency)")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up requests per run (default min(concurrency, 50))")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="warm-up requests per run (default: concurrency, so every connection is open)",
+    )
     p.add_argument("--endpoint", choices=["chat", "completions", "responses"], default="chat")
     p.add_argument("--max-seconds", type=float, default=120.0, help="hard limit per bench run (default 120)")
     p.add_argument("--ready-timeout", type=float, default=20.0, help="seconds to wait for a ready line")
@@ -295,7 +300,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.requests is None:
         args.requests = 2 * args.concurrency
     if args.warmup is None:
-        args.warmup = min(args.concurrency, 50)
+        args.warmup = args.concurrency
     return args
 
 

@@ -49,7 +49,7 @@ T0 = 1_750_000_000.0
 FULL = UsageRecord(
     request_id="chatcmpl-ünïcode-0001",
     ts=1_750_000_123.456789,
-    key_name="team-α",
+    key_name="team-ünï",
     model="gpt-4o",
     deployment="azure-eastus-1",
     endpoint="/v1/chat/completions",
@@ -153,11 +153,11 @@ async def count_records(store: UsageStore) -> int:
     return sum(row["requests"] for row in await store.aggregate())
 
 
-async def eventually(condition: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
+async def eventually(condition: Callable[[], Awaitable[bool]], within: float = 10.0) -> None:
+    deadline = time.monotonic() + within
     while not await condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
+            raise AssertionError(f"condition not met within {within} s")
         await asyncio.sleep(0.02)
 
 
@@ -484,7 +484,7 @@ async def test_a_partial_batch_is_written_after_the_flush_interval(tmp_path: Pat
         async def stored() -> bool:
             return await store.get("req-000002") is not None
 
-        await eventually(stored, timeout=5)
+        await eventually(stored, within=5)
         assert store.batches == [3]
     finally:
         await recorder.close()

@@ -325,9 +325,7 @@ def test_random_bytes_only_raise_wire_errors(prefix: bytes, junk: bytes, data: s
 
 @settings(max_examples=300, deadline=None)
 @given(generated=json_array_bodies(), data=st.data())
-def test_mutated_arrays_only_raise_wire_errors(
-    generated: tuple[bytes, list[bytes]], data: st.DataObject
-) -> None:
+def test_mutated_arrays_only_raise_wire_errors(generated: tuple[bytes, list[bytes]], data: st.DataObject) -> None:
     body = bytearray(generated[0])
     for _ in range(data.draw(st.integers(1, 4))):
         at = data.draw(st.integers(0, len(body)))

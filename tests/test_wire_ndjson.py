@@ -115,24 +115,21 @@ def test_any_bytes_split_anywhere_match_the_reference(body: bytes, data: st.Data
 
 @st.composite
 def ndjson_bodies(draw: st.DrawFn) -> tuple[bytes, list[bytes]]:
-    values = draw(
-        st.lists(st.dictionaries(st.text(max_size=5), st.text() | st.integers() | st.none()), max_size=8)
-    )
+    values = draw(st.lists(st.dictionaries(st.text(max_size=5), st.text() | st.integers() | st.none()), max_size=8))
     lines = [json.dumps(v, ensure_ascii=draw(st.booleans())).encode() for v in values]
-    parts = []
+    parts: list[bytes] = []
     for line in lines:
         parts.append(draw(st.sampled_from([b"", b"\n", b"\r\n", b" \n"])))
         parts.append(line + draw(st.sampled_from([b"\n", b"\r\n"])))
-    if lines and draw(st.booleans()):
+    drop_last_newline = draw(st.booleans())
+    if lines and drop_last_newline:
         parts[-1] = parts[-1].rstrip(b"\r\n")  # Ollama-style last line may lack its newline
     return b"".join(parts), lines
 
 
 @settings(max_examples=300, deadline=None)
 @given(generated=ndjson_bodies(), data=st.data())
-def test_generated_json_lines_come_back_exactly(
-    generated: tuple[bytes, list[bytes]], data: st.DataObject
-) -> None:
+def test_generated_json_lines_come_back_exactly(generated: tuple[bytes, list[bytes]], data: st.DataObject) -> None:
     body, lines = generated
     cuts = data.draw(st.lists(st.integers(0, len(body)), max_size=len(body) + 1))
     assert split_chunks(split_at(body, cuts)) == lines

@@ -137,9 +137,9 @@ async def read_first_event(call: UpstreamCall, req: GatewayRequest, max_event_by
     except BaseException:
         call.close()
         raise
-    if codec.error is not None:
+    if codec.first_error is not None:
         call.close()
-        err = codec.error
+        err = codec.first_error
         raise AttemptFailed("error_event", GatewayError(
             err.status, f"The upstream reported an error: {err.message}", type=err.type or "upstream_error",
             code=err.code or "upstream_error_event"))

@@ -16,9 +16,7 @@ from sluicegate.mock.server import MockUpstream
 
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
-    p.add_argument(
-        "--port", type=int, default=9000, help="port to listen on, 0 = ephemeral (default: %(default)s)"
-    )
+    p.add_argument("--port", type=int, default=9000, help="port to listen on, 0 = ephemeral (default: %(default)s)")
     p.add_argument(
         "--format",
         choices=sorted(WIRE_APIS),

@@ -46,9 +46,7 @@ class Playback:
 
     __slots__ = ("_handle", "_record", "_sink", "_stats", "keep_alive")
 
-    def __init__(
-        self, sink: ResponseSink, record: RequestRecord | None, stats: MockStats, *, keep_alive: bool
-    ) -> None:
+    def __init__(self, sink: ResponseSink, record: RequestRecord | None, stats: MockStats, *, keep_alive: bool) -> None:
         self._sink = sink
         self._record = record
         self._stats = stats

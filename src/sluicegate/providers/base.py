@@ -35,10 +35,11 @@ class UpstreamEventError:
 
 class StreamCodec(Protocol):
     """Upstream bytes in, client bytes out, for one stream. Until `started` is true the codec is looking for the
-    first complete event; `error` is set if an upstream error event was seen (the first one makes the attempt fail
-    before anything reached the client)."""
+    first complete event. `first_error` is set when that first event is an upstream error (the attempt fails
+    before anything reached the client, and may be retried); `error` when any error event was seen."""
 
     started: bool
+    first_error: UpstreamEventError | None
     error: UpstreamEventError | None
     usage: Usage | None
     finish_reason: str | None

@@ -67,7 +67,7 @@ def _error_from(obj: dict[str, Any]) -> UpstreamEventError | None:
 
 class OpenAIPassthroughCodec:
     __slots__ = ("_decoder", "_held", "_responses", "_splitter", "_strip_usage", "error", "finish_reason",
-                 "started", "usage")
+                 "first_error", "started", "usage")
 
     def __init__(self, endpoint: Endpoint, strip_usage: bool, max_event_bytes: int) -> None:
         self._splitter = SSEFrameSplitter(max_event_bytes)
@@ -77,6 +77,7 @@ class OpenAIPassthroughCodec:
         self._strip_usage = strip_usage
         self.started = False
         self.error: UpstreamEventError | None = None
+        self.first_error: UpstreamEventError | None = None
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
 
@@ -107,7 +108,7 @@ class OpenAIPassthroughCodec:
         if first != "[DONE]":
             obj = _json(first)
             if isinstance(obj, dict):
-                self.error = _error_from(obj)
+                self.first_error = self.error = _error_from(obj)
                 if self.error is not None:
                     return b""
         held, self._held = self._held, b""

@@ -73,7 +73,8 @@ class StateBackend(Protocol):
 
     async def ping(self) -> bool: ...
 
-    async def acquire_slot(self, key: str, cap: int, holder: str, timeout: float) -> bool: ...
+    # `timeout` is the queue deadline, part of the contract (0 = try once); a cancel scope cannot say that.
+    async def acquire_slot(self, key: str, cap: int, holder: str, timeout: float) -> bool: ...  # noqa: ASYNC109
 
     async def release_slot(self, key: str, holder: str) -> None: ...
 

@@ -85,7 +85,7 @@ class MemoryBackend:
 
     # slots
 
-    async def acquire_slot(self, key: str, cap: int, holder: str, timeout: float) -> bool:
+    async def acquire_slot(self, key: str, cap: int, holder: str, timeout: float) -> bool:  # noqa: ASYNC109
         check_slot_request(cap, timeout)
         return await self._slots.acquire(key, cap, holder, timeout)
 

@@ -49,6 +49,10 @@ class LocalSlotTable:
     def __init__(self) -> None:
         self._groups: dict[str, _Group] = {}
 
+    def __len__(self) -> int:
+        """How many keys currently have a holder or a waiter."""
+        return len(self._groups)
+
     def in_use(self, key: str) -> int:
         group = self._groups.get(key)
         return len(group.holders) if group is not None else 0
@@ -57,7 +61,7 @@ class LocalSlotTable:
         group = self._groups.get(key)
         return group is not None and holder in group.holders
 
-    async def acquire(self, key: str, cap: int, holder: str, timeout: float) -> bool:
+    async def acquire(self, key: str, cap: int, holder: str, wait_s: float) -> bool:
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = _Group()
@@ -66,14 +70,14 @@ class LocalSlotTable:
         if group.live_waiters == 0 and len(group.holders) < cap:
             group.holders.add(holder)
             return True
-        if timeout <= 0:
+        if wait_s <= 0:
             self._drop_if_idle(key, group)
             return False
         loop = asyncio.get_running_loop()
         waiter = _Waiter(holder, cap, loop.create_future())
         group.waiters.append(waiter)
         group.live_waiters += 1
-        timer = loop.call_later(timeout, _expire, waiter.future)
+        timer = loop.call_later(wait_s, _expire, waiter.future)
         try:
             return await waiter.future
         except asyncio.CancelledError:

@@ -22,7 +22,7 @@ class SlotWaiter:
 
 
 class SlotQueue:
-    __slots__ = ("live", "pump", "wake", "waiters")
+    __slots__ = ("live", "pump", "waiters", "wake")
 
     def __init__(self) -> None:
         self.waiters: deque[SlotWaiter] = deque()

@@ -185,34 +185,31 @@ class EventStreamDecoder:
             raise TruncatedStream(f"event stream ended inside a message ({left} bytes left over)")
 
     def _feed(self, data: bytes) -> list[EventStreamMessage]:
-        if self._buffer:
+        buffered = bool(self._buffer)
+        if buffered:
             self._buffer += data
             view = memoryview(self._buffer)
         else:
             # Nothing pending: decode straight from ``data`` and keep only its unfinished tail.
             view = memoryview(data)
         messages: list[EventStreamMessage] = []
-        pos = self._decode_available(view, messages)  # on error, feed() drops the buffer; no compaction
-        if view.obj is self._buffer:
-            view.release()  # the buffer cannot be resized while a view of it is alive
-            del self._buffer[:pos]
-        else:
-            self._buffer = bytearray(view[pos:])
-            view.release()
-        return messages
-
-    def _decode_available(self, view: memoryview, messages: list[EventStreamMessage]) -> int:
         pos = 0
         end = len(view)
         while end - pos >= PRELUDE_BYTES:
             total = self._pending_total or self._check_prelude(view, pos)
             if end - pos < total:
-                self._pending_total = total
+                self._pending_total = total  # checked once, however many feeds the rest takes
                 break
             self._pending_total = 0
             messages.append(self._decode_message(view, pos, total))
             pos += total
-        return pos
+        # On error feed() drops the buffer, so compaction only happens here.
+        if buffered:
+            view.release()  # a bytearray cannot be resized while a view of it is alive
+            del self._buffer[:pos]
+        elif pos < end:
+            self._buffer = bytearray(view[pos:])
+        return messages
 
     def _check_prelude(self, view: memoryview, pos: int) -> int:
         total, headers_length, prelude_crc = _PRELUDE.unpack_from(view, pos)

@@ -23,9 +23,25 @@ DEFAULT_MAX_FRAME_BYTES: Final = 16 * 1024 * 1024
 
 _BOM: Final = b"\xef\xbb\xbf"
 _WHITESPACE: Final = re.compile(rb"[ \t\r\n]*")
-# Outside strings only these bytes change the framing state.
-_STRUCTURAL: Final = re.compile(rb'["{}\[\]]')
+# Skips, in C, everything up to the next bracket: plain bytes and complete strings (possessive: no
+# backtracking). It stops early only at a string that is not complete in this feed.
+_PLAIN_AND_STRINGS: Final = re.compile(rb'(?:[^"{}\[\]]++|"[^"\\]*+(?:\\.[^"\\]*+)*+")*+', re.DOTALL)
 # The rest of a string body: stops at the closing quote, or at a backslash whose escaped byte is not here yet.
+_STRING_PATTERN: Final = rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"'
+_NEST_LIMIT: Final = 16
+
+
+def _balanced_container_pattern(levels: int) -> bytes:
+    # A container nested at most ``levels`` deep, brackets counted like the scanner counts them.
+    inner = rb"(?:[^\"{}\[\]]++|" + _STRING_PATTERN + rb")*+"
+    for _ in range(levels - 1):
+        inner = rb"(?:[^\"{}\[\]]++|" + _STRING_PATTERN + rb"|[{\[]" + inner + rb"[}\]])*+"
+    return rb"[{\[]" + inner + rb"[}\]]"
+
+
+# Fast path for an element that starts and ends within one feed (the usual case: one element per write):
+# one C-level match instead of a Python step per bracket. Possessive quantifiers keep a miss linear.
+_WHOLE_CONTAINER: Final = re.compile(_balanced_container_pattern(_NEST_LIMIT), re.DOTALL)
 _STRING_BODY: Final = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*', re.DOTALL)
 # A bare top-level value (number, true, false, null) ends at the first byte that may follow an element.
 _SCALAR_END: Final = re.compile(rb"[ \t\r\n,\]]")
@@ -148,6 +164,9 @@ class JSONArraySplitter:
         if self._expect is _Expect.SEPARATOR:
             raise CorruptFrame(f"missing ',' between JSON array elements (byte {self._consumed + pos})")
         if byte in _OPENERS:
+            whole = _WHOLE_CONTAINER.match(data, pos)
+            if whole is not None:
+                return self._emit_whole(data, pos, whole.end(), frames)
             self._depth, self._in_string, self._is_scalar = 1, False, False
         elif byte == _QUOTE:
             self._depth, self._in_string, self._is_scalar = 0, True, False
@@ -159,6 +178,13 @@ class JSONArraySplitter:
         self._escape_pending = False
         self._element_start = pos
         return self._scan_element(data, pos + 1, frames)
+
+    def _emit_whole(self, data: bytes, start: int, end: int, frames: list[bytes]) -> int:
+        if end - start > self.max_frame_bytes:
+            raise FrameTooLarge(f"JSON array element exceeds {self.max_frame_bytes} bytes")
+        frames.append(data[start:end])
+        self._expect = _Expect.SEPARATOR
+        return end
 
     def _scan_element(self, data: bytes, pos: int, frames: list[bytes]) -> int:
         """Scan the current element from ``pos``; emit it if it ends here. Returns where scanning stopped."""
@@ -213,12 +239,13 @@ class JSONArraySplitter:
                     self._in_string = False
                     return pos
                 continue
-            match = _STRUCTURAL.search(data, pos)
-            if match is None:
+            skipped = _PLAIN_AND_STRINGS.match(data, pos)
+            pos = skipped.end() if skipped else pos
+            if pos == end:
                 break
-            pos = match.end()
-            byte = data[pos - 1]
-            if byte == _QUOTE:
+            byte = data[pos]
+            pos += 1
+            if byte == _QUOTE:  # a string that continues in the next feed
                 in_string = True
             elif byte in _OPENERS:
                 depth += 1

@@ -202,6 +202,11 @@ class SSEDecoder:
         self._pending_bytes = 0
 
     @property
+    def at_boundary(self) -> bool:
+        """True when no partial line and no undispatched data are held (the input so far ended an event)."""
+        return not self._buf and not self._data
+
+    @property
     def last_event_id(self) -> str | None:
         return self._id
 

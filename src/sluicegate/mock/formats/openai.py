@@ -99,9 +99,7 @@ class _ChoiceStreamEncoder:
         before, after = template(self._chunk(self._choice(SLOT, None)))
         self._events, self._last = _splice(b"data: " + before, after + b"\n\n", source)
 
-    def _choice(
-        self, content: str | None, finish_reason: str | None, *, role: bool = False
-    ) -> dict[str, Any]:
+    def _choice(self, content: str | None, finish_reason: str | None, *, role: bool = False) -> dict[str, Any]:
         if not self._chat:
             return {"text": content or "", "index": 0, "logprobs": None, "finish_reason": finish_reason}
         delta: dict[str, str] = {}
@@ -201,9 +199,7 @@ class _ResponsesEncoder:
         self._seq += 1
         return sse_event(kind, payload)
 
-    def _response(
-        self, status: str, output: list[Any], usage: dict[str, Any] | None, reason: str | None
-    ) -> Any:
+    def _response(self, status: str, output: list[Any], usage: dict[str, Any] | None, reason: str | None) -> Any:
         return {
             "id": self._id,
             "object": "response",
@@ -245,12 +241,8 @@ class _ResponsesEncoder:
         return b"".join(
             (
                 self._event("response.created", {"response": self._response("in_progress", [], None, None)}),
-                self._event(
-                    "response.in_progress", {"response": self._response("in_progress", [], None, None)}
-                ),
-                self._event(
-                    "response.output_item.added", {"output_index": 0, "item": self._item("in_progress", None)}
-                ),
+                self._event("response.in_progress", {"response": self._response("in_progress", [], None, None)}),
+                self._event("response.output_item.added", {"output_index": 0, "item": self._item("in_progress", None)}),
                 self._event("response.content_part.added", {**where, "part": self._part("")}),
             )
         )
@@ -273,9 +265,7 @@ class _ResponsesEncoder:
             (
                 self._event("response.output_text.done", {**where, "text": text, "logprobs": []}),
                 self._event("response.content_part.done", {**where, "part": self._part(text)}),
-                self._event(
-                    "response.output_item.done", {"output_index": 0, "item": self._item("completed", text)}
-                ),
+                self._event("response.output_item.done", {"output_index": 0, "item": self._item("completed", text)}),
                 self._event(f"response.{status}", {"response": final}),
             )
         )
@@ -339,9 +329,7 @@ class OpenAIApi:
 
     def error_body(self, status: int, message: str, *, param: str | None, code: str | None) -> bytes:
         kind, default_code = _error_kind(status)
-        return _encode(
-            {"error": {"message": message, "type": kind, "param": param, "code": code or default_code}}
-        )
+        return _encode({"error": {"message": message, "type": kind, "param": param, "code": code or default_code}})
 
     def stream_error_body(self) -> bytes:
         return _encode({"error": MOCK_ERROR})

@@ -56,11 +56,12 @@ class _ReconnectingConnection:
                     return await operation(await self._connected())
             except UsageRecordsRejected:
                 raise
+            except asyncio.CancelledError:
+                await self._discard()  # an interrupted exchange leaves the connection in an unknown state
+                raise
             except (psycopg.Error, OSError, TimeoutError) as exc:
                 await self._discard()
-                reason = (
-                    f"no answer within {self._op_timeout} s" if isinstance(exc, TimeoutError) else str(exc)
-                )
+                reason = f"no answer within {self._op_timeout} s" if isinstance(exc, TimeoutError) else str(exc)
                 raise UsageStoreUnavailable(f"{self._describe}: {reason}") from exc
 
     async def close(self) -> None:

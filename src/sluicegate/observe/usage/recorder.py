@@ -153,9 +153,7 @@ class UsageRecorder:
             try:
                 await self._store.write_batch(batch)
             except UsageRecordsRejected as exc:
-                logger.error(
-                    "usage store refused a batch of %d records (%s); retrying them one by one", count, exc
-                )
+                logger.error("usage store refused a batch of %d records (%s); retrying them one by one", count, exc)
                 await self._write_one_by_one(batch)
                 return
             except Exception as exc:
@@ -190,9 +188,7 @@ class UsageRecorder:
     async def _back_off(self, exc: Exception) -> None:
         self._failures += 1
         if self._failures == 1:  # once per failure streak; the recovery is logged too
-            logger.warning(
-                "usage store failing, keeping %d queued records and retrying: %s", len(self._queue), exc
-            )
+            logger.warning("usage store failing, keeping %d queued records and retrying: %s", len(self._queue), exc)
             self._failing_since = time.monotonic()
         ceiling = min(self._retry_max, self._retry_initial * 2 ** min(self._failures - 1, 30))
         if self._closing:  # shutdown is bounded by close()'s timeout: keep trying often enough to use it

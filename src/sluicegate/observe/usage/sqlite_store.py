@@ -70,8 +70,15 @@ class _ThreadedConnection:
 
     async def run(self, operation: Callable[[sqlite3.Connection], _T]) -> _T:
         async with self._lock:
+            call = asyncio.ensure_future(asyncio.to_thread(self._call, operation))
             try:
-                return await asyncio.to_thread(self._call, operation)
+                return await asyncio.shield(call)
+            except asyncio.CancelledError:
+                # A thread cannot be stopped: keep the connection locked until it is done with it.
+                await asyncio.wait({call})
+                if not call.cancelled() and call.exception() is not None:
+                    self._close()
+                raise
             except sqlite3.Error as exc:
                 await asyncio.to_thread(self._close)
                 raise UsageStoreUnavailable(f"{self._describe}: {exc}") from exc
@@ -109,9 +116,7 @@ class SQLiteUsageStore:
         await self._writer.run(lambda connection: _insert(connection, rows))
 
     async def get(self, request_id: str) -> UsageRecord | None:
-        row = await self._reader.run(
-            lambda connection: connection.execute(_SELECT_ONE, (request_id,)).fetchone()
-        )
+        row = await self._reader.run(lambda connection: connection.execute(_SELECT_ONE, (request_id,)).fetchone())
         return None if row is None else record_from_row(row)
 
     async def aggregate(
@@ -207,8 +212,7 @@ def _migrate(connection: sqlite3.Connection) -> None:
     connection.execute("BEGIN IMMEDIATE")  # serialises the starts of several processes
     try:
         connection.execute(
-            f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE}"
-            " (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
+            f"CREATE TABLE IF NOT EXISTS {VERSION_TABLE} (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
         )
         (current,) = connection.execute(f"SELECT COALESCE(MAX(version), 0) FROM {VERSION_TABLE}").fetchone()
         for migration in pending_migrations(current):
@@ -224,9 +228,7 @@ def _migrate(connection: sqlite3.Connection) -> None:
     connection.execute("COMMIT")
 
 
-def _aggregate_query(
-    key: str | None, model: str | None, since: float | None
-) -> tuple[str, tuple[object, ...]]:
+def _aggregate_query(key: str | None, model: str | None, since: float | None) -> tuple[str, tuple[object, ...]]:
     conditions: list[str] = []
     params: list[object] = [Outcome.COMPLETED]
     if key is not None:

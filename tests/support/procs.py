@@ -1,0 +1,97 @@
+"""Real processes for tests: the mock upstream and gateways, each on a free 127.0.0.1 port.
+
+A process prints one ready line with its URL; we wait for it (bounded) and always kill the process afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+READY_TIMEOUT = 30.0
+_URL = re.compile(r"listening on (http://\S+)")
+
+
+class Proc:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.log = tempfile.NamedTemporaryFile(prefix="sluicegate-test-", suffix=".log", delete=False)  # noqa: SIM115
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "sluicegate", *args], stdout=subprocess.PIPE, stderr=self.log, env=full_env,
+            text=True,
+        )
+        self.url = self._wait_ready()
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def _wait_ready(self) -> str:
+        assert self.popen.stdout is not None
+        sel = selectors.DefaultSelector()
+        sel.register(self.popen.stdout, selectors.EVENT_READ)
+        deadline = time.monotonic() + READY_TIMEOUT
+        seen = ""
+        while time.monotonic() < deadline:
+            if not sel.select(timeout=0.2):
+                if self.popen.poll() is not None:
+                    break
+                continue
+            line = self.popen.stdout.readline()
+            if not line:
+                break
+            seen += line
+            match = _URL.search(line)
+            if match:
+                return match.group(1)
+        self.stop()
+        raise RuntimeError(f"process did not become ready: {self.popen.args}\nstdout: {seen}\nlog: {self.read_log()}")
+
+    def read_log(self) -> str:
+        return Path(self.log.name).read_text(errors="replace")
+
+    def signal(self, signum: int) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signum)
+
+    def stop(self, timeout: float = 10.0) -> int | None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait(5)
+        return self.popen.returncode
+
+
+def start_mock(*extra: str) -> Proc:
+    return Proc(["mock-upstream", "--port", "0", *extra])
+
+
+def start_gateway(config: dict[str, Any] | None, env: dict[str, str] | None = None, *extra: str) -> Proc:
+    """config=None runs the embedded default."""
+    args = ["serve", "--port", "0", *extra]
+    if config is not None:
+        config = {**config, "server": {"host": "127.0.0.1", "port": 0, **config.get("server", {})}}
+        with tempfile.NamedTemporaryFile("w", prefix="sluicegate-", suffix=".yaml", delete=False) as f:
+            yaml.safe_dump(config, f)
+        args += ["--config", f.name]
+    return Proc(args, env)
+
+
+def one_model(api_base: str, name: str = "m", **model: Any) -> dict[str, Any]:
+    """A config with one model served by one OpenAI-compatible deployment."""
+    deployment = {"provider": "openai", "api_base": api_base, "model": "mock-model", **model.pop("deployment", {})}
+    server = model.pop("server", {})
+    return {"server": server, "models": [{"name": name, "deployments": [deployment], **model}]}

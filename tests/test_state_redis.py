@@ -1,0 +1,240 @@
+"""Redis state backend against a real Redis: the shared contract, plus what only a fleet has: two instances on
+one cap, a crashed holder's leases expiring, wake-up on release, Redis going away and coming back, and the cost
+of one acquire+release round trip on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from sluicegate.state.base import StateBackend, StateUnavailable
+from sluicegate.state.factory import make_backend
+from sluicegate.state.redis_backend import RedisBackend
+from tests.support.redis_server import RedisServer, private_redis_server, redis_url
+from tests.test_state_memory import StateContract, eventually
+
+
+@pytest.fixture(scope="module")
+def shared_redis_url() -> Iterator[str]:
+    with redis_url() as url:
+        yield url
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    """A private server this test may stop and restart (never the shared one)."""
+    with private_redis_server() as server:
+        yield server
+
+
+def unique_prefix() -> str:
+    return f"sgtest:{uuid.uuid4().hex[:12]}:"
+
+
+@asynccontextmanager
+async def running(url: str, prefix: str, **settings: Any) -> AsyncIterator[RedisBackend]:
+    backend = RedisBackend(url, key_prefix=prefix, **settings)
+    await backend.start()
+    try:
+        yield backend
+    finally:
+        await backend.close()
+
+
+class TestRedisContract(StateContract):
+    def clock(self) -> float:
+        return time.time()  # the scripts use Redis server time; the server runs on this machine
+
+    @pytest.fixture
+    async def backend(self, shared_redis_url: str) -> AsyncIterator[StateBackend]:
+        async with running(shared_redis_url, unique_prefix(), lease_ttl=2.0) as state:
+            yield state
+
+
+async def test_factory_builds_a_working_redis_backend(shared_redis_url: str) -> None:
+    state = make_backend(
+        "redis",
+        redis_url=shared_redis_url,
+        lease_ttl=5.0,
+        on_unavailable="fail_closed",
+        expected_instances=3,
+        key_prefix=unique_prefix(),
+    )
+    await state.start()
+    try:
+        assert await state.acquire_slot("k", 1, "a", timeout=0)
+        assert await state.in_use("k") == 1
+        await state.release_slot("k", "a")
+        assert await state.in_use("k") == 0
+    finally:
+        await state.close()
+
+
+async def test_two_instances_never_exceed_one_shared_cap(shared_redis_url: str) -> None:
+    prefix, key, cap = unique_prefix(), "dep-shared", 4
+    async with running(shared_redis_url, prefix) as first, running(shared_redis_url, prefix) as second:
+        holding = peak = 0
+
+        async def request(state: RedisBackend, i: int) -> bool:
+            nonlocal holding, peak
+            if not await state.acquire_slot(key, cap, f"req-{i}", timeout=15.0):
+                return False
+            holding += 1
+            peak = max(peak, holding)
+            await asyncio.sleep(0.005)
+            holding -= 1
+            await state.release_slot(key, f"req-{i}")
+            return True
+
+        results = await asyncio.gather(*(request((first, second)[i % 2], i) for i in range(80)))
+        assert results == [True] * 80
+        assert peak == cap
+        assert await first.in_use(key) == 0
+
+
+async def test_leases_of_a_crashed_instance_expire_and_waiters_elsewhere_get_the_slots(
+    shared_redis_url: str,
+) -> None:
+    prefix, key, ttl = unique_prefix(), "dep-crash", 1.0
+    async with running(shared_redis_url, prefix, lease_ttl=ttl, poll_interval=0.1) as survivor:
+        crashing = RedisBackend(shared_redis_url, key_prefix=prefix, lease_ttl=ttl)
+        await crashing.start()
+        assert await crashing.acquire_slot(key, 2, "a", timeout=0)
+        assert await crashing.acquire_slot(key, 2, "b", timeout=0)
+        # Alive, it keeps its leases well past the ttl (renewed every ttl/3).
+        await asyncio.sleep(2.5 * ttl)
+        assert await survivor.acquire_slot(key, 2, "x", timeout=0) is False
+        assert await survivor.in_use(key) == 2
+
+        await crashing.close(release_leases=False)  # like kill -9: no release, no renewal
+        crashed_at = time.monotonic()
+        assert await survivor.acquire_slot(key, 2, "x", timeout=ttl + 3.0)
+        waited = time.monotonic() - crashed_at
+        assert 0.5 <= waited <= ttl + 1.5  # not before the last renewal runs out, soon after it does
+        assert await survivor.acquire_slot(key, 2, "y", timeout=2.0)
+        await survivor.release_slot(key, "x")
+        await survivor.release_slot(key, "y")
+        assert await survivor.in_use(key) == 0
+
+
+async def test_waiters_wake_on_release_well_before_the_poll(shared_redis_url: str) -> None:
+    prefix, key = unique_prefix(), "dep-wake"
+    slow_poll = 5.0
+    async with (
+        running(shared_redis_url, prefix, poll_interval=slow_poll) as holder_side,
+        running(shared_redis_url, prefix, poll_interval=slow_poll) as waiter_side,
+    ):
+        for waiting_on in (waiter_side, holder_side):  # another instance, then the same one
+            assert await holder_side.acquire_slot(key, 1, "holder", timeout=0)
+            waiting = asyncio.create_task(waiting_on.acquire_slot(key, 1, "waiter", timeout=10.0))
+            await asyncio.sleep(0.2)
+            assert not waiting.done()
+            released_at = time.monotonic()
+            await holder_side.release_slot(key, "holder")
+            assert await asyncio.wait_for(waiting, slow_poll)
+            assert time.monotonic() - released_at < 0.5
+            await waiting_on.release_slot(key, "waiter")
+
+
+async def test_fail_open_uses_local_shares_then_shared_state_again(own_redis: RedisServer) -> None:
+    prefix, key = unique_prefix(), "dep-open"
+    transitions: list[bool] = []
+    async with running(
+        own_redis.url, prefix, on_unavailable="fail_open", expected_instances=2, recheck_interval=0.2
+    ) as state:
+        state.add_availability_listener(transitions.append)
+        assert await state.acquire_slot(key, 4, "a", timeout=0)
+
+        own_redis.stop()
+        # Local share of a cap of 4 over 2 instances is 2, and "a" (held before the outage) counts in it.
+        assert await state.acquire_slot(key, 4, "b", timeout=0)
+        assert await state.acquire_slot(key, 4, "c", timeout=0) is False
+        assert state.available is False
+        hits = [(await state.hit_rate("api-key", 4, 60.0))[0] for _ in range(5)]
+        assert hits == [True, True, False, False, False]
+        assert isinstance(await state.budget_try_withdraw("pool", 0.2, 5), bool)
+        assert transitions == [False]  # one transition, however many calls failed
+
+        own_redis.start()  # same port, empty: the leases must be written back
+        await eventually(lambda: state.available, within=5.0)
+        assert transitions == [False, True]
+        async with running(own_redis.url, prefix) as other:
+            assert await other.in_use(key) == 2
+            assert await other.acquire_slot(key, 4, "d", timeout=0)
+            assert await other.acquire_slot(key, 4, "e", timeout=0)
+            assert await state.acquire_slot(key, 4, "c", timeout=0) is False  # shared cap again
+            await state.release_slot(key, "a")
+            await state.release_slot(key, "b")
+            await other.release_slot(key, "d")
+            await other.release_slot(key, "e")
+            assert await other.in_use(key) == 0
+
+
+async def test_fail_closed_refuses_admission_then_recovers(own_redis: RedisServer) -> None:
+    prefix, key = unique_prefix(), "dep-closed"
+    transitions: list[bool] = []
+    async with running(own_redis.url, prefix, on_unavailable="fail_closed", recheck_interval=0.2) as state:
+        state.add_availability_listener(transitions.append)
+        own_redis.stop()
+        with pytest.raises(StateUnavailable):
+            await state.acquire_slot(key, 4, "a", timeout=1.0)
+        with pytest.raises(StateUnavailable):
+            await state.hit_rate("api-key", 10, 60.0)
+        with pytest.raises(StateUnavailable):
+            await state.acquire_slot(key, 4, "a", timeout=0)
+        # Advisory state carries on locally rather than failing the request.
+        await state.budget_deposit("pool", 0.2, 5)
+        assert isinstance(await state.budget_try_withdraw("pool", 0.2, 5), bool)
+        assert await state.record_failure("dep") == 1
+        assert transitions == [False]
+
+        own_redis.start()
+        await eventually(lambda: state.available, within=5.0)
+        assert transitions == [False, True]
+        assert await state.acquire_slot(key, 4, "a", timeout=0)
+        await state.release_slot(key, "a")
+
+
+@pytest.mark.parametrize("mode", ["fail_open", "fail_closed"])
+async def test_waiter_queued_in_redis_follows_the_mode_when_redis_dies(own_redis: RedisServer, mode: str) -> None:
+    prefix, key = unique_prefix(), "dep-midwait"
+    async with running(own_redis.url, prefix, on_unavailable=mode, poll_interval=0.1, recheck_interval=0.2) as state:
+        assert await state.acquire_slot(key, 1, "a", timeout=0)
+        waiting = asyncio.create_task(state.acquire_slot(key, 1, "b", timeout=10.0))
+        await asyncio.sleep(0.2)
+        own_redis.stop()
+        if mode == "fail_closed":
+            with pytest.raises(StateUnavailable):
+                await asyncio.wait_for(waiting, 3.0)
+            return
+        await asyncio.sleep(0.3)
+        assert not waiting.done()  # now queued locally behind "a", which still counts
+        await state.release_slot(key, "a")
+        assert await asyncio.wait_for(waiting, 3.0)
+        await state.release_slot(key, "b")
+
+
+async def test_acquire_release_round_trip_cost(shared_redis_url: str) -> None:
+    rounds = 2000
+    async with running(shared_redis_url, unique_prefix()) as state:
+        for i in range(50):  # warm the pool and the script cache
+            await state.acquire_slot("warm", 8, f"w{i}", timeout=0)
+            await state.release_slot("warm", f"w{i}")
+        samples: list[float] = []
+        for i in range(rounds):
+            started = time.perf_counter()
+            assert await state.acquire_slot("dep-bench", 8, f"h{i}", timeout=0)
+            await state.release_slot("dep-bench", f"h{i}")
+            samples.append(time.perf_counter() - started)
+    samples.sort()
+    p50 = statistics.median(samples) * 1e3
+    p99 = samples[int(0.99 * len(samples)) - 1] * 1e3
+    print(f"redis acquire+release on loopback over {rounds}: p50 {p50:.3f} ms, p99 {p99:.3f} ms")
+    assert p50 < 5.0  # generous: two loopback round trips on a shared 2-core machine
