@@ -1,6 +1,7 @@
 """Per-frame cost of the sans-IO wire codecs on recorded streams.
 
-Run: .venv/bin/pytest benchmarks/test_bench_wire_codecs.py --benchmark-enable -q
+Run: .venv/bin/pytest benchmarks/test_bench_wire_codecs.py --benchmark-only -q -s  (pyproject's addopts
+--benchmark-skip wins over --benchmark-enable; --benchmark-only overrides it).
 Each benchmark decodes a whole recorded stream with a fresh decoder; ``us_per_frame`` in extra_info (and in
 the printed summary) is the mean time divided by the number of frames. Two read patterns:
 ``per_event`` - one frame per read, as a token-paced stream arrives; ``1400b`` - fixed 1,400-byte reads

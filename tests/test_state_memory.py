@@ -47,9 +47,7 @@ class StateContract:
 
     # slots
 
-    async def test_cap_never_exceeded_with_concurrent_acquirers_and_cancellations(
-        self, backend: StateBackend
-    ) -> None:
+    async def test_cap_never_exceeded_with_concurrent_acquirers_and_cancellations(self, backend: StateBackend) -> None:
         key, cap = "dep-concurrency", 4
         holding = peak = 0
         samples: list[int] = []
@@ -155,6 +153,21 @@ class StateContract:
         await eventually(lambda: self._in_use_is(backend, key, 0))
         assert await backend.acquire_slot(key, 1, "c", timeout=0)
 
+    async def test_acquire_cancelled_mid_attempt_leaves_no_slot_taken(self, backend: StateBackend) -> None:
+        key = "dep-cancel-attempt"
+        for i in range(5):
+            attempt = asyncio.create_task(backend.acquire_slot(key, 1, f"a{i}", timeout=0))
+            await asyncio.sleep(0)  # let it start (for Redis: its script call is on the wire)
+            attempt.cancel()
+            try:
+                got = await attempt
+            except asyncio.CancelledError:
+                got = False
+            if got:  # it finished before the cancel arrived: an ordinary holder
+                await backend.release_slot(key, f"a{i}")
+            # Faster than any lease ttl used in these tests: the slot must be given back, not left to expire.
+            await eventually(lambda: self._in_use_is(backend, key, 0), within=1.0)
+
     async def test_slot_arguments_are_checked(self, backend: StateBackend) -> None:
         with pytest.raises(ValueError, match="cap"):
             await backend.acquire_slot("k", 0, "a", timeout=0)
@@ -213,9 +226,7 @@ class StateContract:
             await backend.budget_deposit("pool-cap-3", 1.0, 3.0)
         assert await backend.budget_available("pool-cap-3", 1.0, 3.0) == pytest.approx(30.0, abs=0.01)
 
-    async def test_budget_bounds_retries_of_a_steady_stream_of_failing_requests(
-        self, backend: StateBackend
-    ) -> None:
+    async def test_budget_bounds_retries_of_a_steady_stream_of_failing_requests(self, backend: StateBackend) -> None:
         key, ratio, floor = "pool-outage", 0.2, 5.0
         requests, attempts = 300, 3
         withdrawals = 0

@@ -207,6 +207,18 @@ def test_nested_arrays_and_empty_array() -> None:
     assert split_whole(b" \r\n\t[ \n ] \n") == []
 
 
+def test_very_deep_nesting_is_split_like_shallow_nesting() -> None:
+    deep = b"[" * 5000 + b'"]"' + b"]" * 5000
+    body = b"[" + deep + b"," + deep + b"]"
+    assert split_whole(body) == [deep, deep]
+    assert feed_all(split_at(body, range(0, len(body), 7))) == [deep, deep]
+
+
+def test_invalid_json_inside_an_element_is_framed_not_judged() -> None:
+    # Bracket and string structure decide the frame; the element's own JSON is the decoder's business.
+    assert split_whole(b'[{"a":}, {nope: [1,,]}, {"b": "\\q"}]') == [b'{"a":}', b"{nope: [1,,]}", b'{"b": "\\q"}']
+
+
 @pytest.mark.parametrize("cut", [0, 1, 2, 3, 4])
 def test_bom_is_skipped_even_when_split(cut: int) -> None:
     body = BOM + b'[{"a":1}]'

@@ -77,6 +77,7 @@ class GatewayError(Exception):
         self.outcome = outcome
         self.retry_after = retry_after
         self.upstream_body = upstream_body
+        self.headers: dict[str, str] = {}  # extra response headers (which deployment, how many attempts)
 
     def payload(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}

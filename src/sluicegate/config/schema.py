@@ -5,6 +5,8 @@ Durations are stored as float seconds. Unknown keys are errors (a typo must not 
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
@@ -16,7 +18,17 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 
 # OpenAI-compatible servers are all served by the pass-through adapter; the aliases document their quirks.
 OPENAI_COMPATIBLE = ("openai", "vllm", "sglang", "tgi", "llamacpp", "ollama-openai")
-ProviderName = Literal["openai", "vllm", "sglang", "tgi", "llamacpp", "ollama-openai", "demo"]
+# Providers whose API is translated to and from OpenAI chat completions (see providers/<name>.py).
+TRANSLATED = ("anthropic", "gemini", "bedrock", "ollama")
+ProviderName = Literal[
+    "openai", "vllm", "sglang", "tgi", "llamacpp", "ollama-openai", "demo", "anthropic", "gemini", "bedrock", "ollama",
+]
+# Where a translated provider lives when the deployment gives no api_base (bedrock's depends on the region).
+DEFAULT_API_BASES = {
+    "anthropic": "https://api.anthropic.com/v1",
+    "gemini": "https://generativelanguage.googleapis.com/v1beta",
+    "ollama": "http://127.0.0.1:11434",
+}
 
 RetryCondition = Literal[
     "connect_error", "reset", "timeout_connect", "timeout_first_chunk", "error_event", 408, 409, 429, 500, 502, 503,
@@ -84,14 +96,32 @@ class DeploymentConfig(Strict):
     timeouts: TimeoutsOverride = TimeoutsOverride()
     max_concurrent: int = Field(default=0, ge=0)
     weight: float = Field(default=1.0, gt=0.0)
+    # Translated providers only.
+    region: str | None = None  # bedrock: AWS region (default: from api_base, then AWS_REGION / AWS_DEFAULT_REGION)
+    api_version: str | None = None  # anthropic: the anthropic-version header (default 2023-06-01)
+    forward_fields: tuple[str, ...] = ()  # request keys copied unchanged into the translated provider request
 
     @field_validator("api_base")
     @classmethod
     def _api_base(cls, value: str | None) -> str | None:
         return None if value is None else _check_http_url(value)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_api_base(cls, data: object) -> object:
+        if not isinstance(data, dict) or data.get("api_base") is not None:
+            return data
+        provider, region = data.get("provider"), data.get("region")
+        if provider in DEFAULT_API_BASES:
+            return {**data, "api_base": DEFAULT_API_BASES[provider]}
+        if provider == "bedrock" and isinstance(region, str) and region:
+            return {**data, "api_base": f"https://bedrock-runtime.{region}.amazonaws.com"}
+        return data
+
     @model_validator(mode="after")
     def _needs_api_base(self) -> DeploymentConfig:
+        if self.api_base is None and self.provider == "bedrock":
+            raise ValueError("provider 'bedrock' needs a region (or an api_base), e.g. region: us-east-1")
         if self.api_base is None and self.provider != "demo":
             raise ValueError(f"api_base is required for provider {self.provider!r}")
         return self
@@ -133,16 +163,100 @@ class ServerConfig(Strict):
     max_streams: int = Field(default=0, ge=0)  # per worker process; 0 = unlimited
     queue_timeout: Duration = 0.0
     shed_lag: Duration = 1.0  # event-loop lag above which new streams get 503; 0 = never shed
-    upstream_read_buffer: int = Field(default=16 * 1024, ge=1024)
-    client_write_buffer: int = Field(default=16 * 1024, ge=1024)
+    # Memory per stream is bounded by these three (docs/operations.md "Memory per stream").
+    upstream_read_buffer: int = Field(default=4 * 1024, ge=1024)  # most bytes taken from the upstream per read
+    upstream_socket_buffer: int = Field(default=8 * 1024, ge=0)  # SO_RCVBUF of upstream sockets; 0 = OS default
+    client_write_buffer: int = Field(default=8 * 1024, ge=1024)  # client transport high-water mark
     max_event_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     shutdown_grace: Duration = 30.0
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+class ApiKeyConfig(Strict):
+    """A client API key: given as `key` (usually `${ENV}`) or as `key_sha256`, the hex SHA-256 of the key."""
+
+    name: str = Field(min_length=1)
+    key: SecretStr | None = None
+    key_sha256: str | None = None
+    models: tuple[str, ...] = ()  # allowed public model names ('*' patterns allowed); empty = every model
+    max_concurrent: int = Field(default=0, ge=0)  # concurrent requests of this key; 0 = unlimited
+    rpm: int = Field(default=0, ge=0)  # requests per minute; 0 = unlimited
+    admin: bool = False  # may read /v1/usage and /v1/requests/{id}
+
+    @field_validator("key_sha256")
+    @classmethod
+    def _hex(cls, value: str | None) -> str | None:
+        if value is not None and not _SHA256.fullmatch(value.lower()):
+            raise ValueError("must be 64 hex digits (the SHA-256 of the key, e.g. from `sha256sum`)")
+        return None if value is None else value.lower()
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ApiKeyConfig:
+        if (self.key is None) == (self.key_sha256 is None):
+            raise ValueError("give exactly one of key (e.g. ${MY_KEY}) or key_sha256")
+        if self.key is not None and len(self.key.get_secret_value()) < 8:
+            raise ValueError("key is shorter than 8 characters; use a long random key")
+        return self
+
+    def digest(self) -> str:
+        if self.key_sha256 is not None:
+            return self.key_sha256
+        assert self.key is not None
+        return hashlib.sha256(self.key.get_secret_value().encode()).hexdigest()
+
+
+class AuthConfig(Strict):
+    keys: tuple[ApiKeyConfig, ...] = ()  # none = open gateway (the embedded default)
+
+    @model_validator(mode="after")
+    def _unique(self) -> AuthConfig:
+        names = [k.name for k in self.keys]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"auth.keys: names must be unique; defined twice: {', '.join(sorted(dup))}")
+        digests = [k.digest() for k in self.keys]
+        if len(set(digests)) != len(digests):
+            raise ValueError("auth.keys: two entries have the same key")
+        return self
+
+
+class StateConfig(Strict):
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str | None = None
+    lease_ttl: Duration = 15.0
+    on_unavailable: Literal["fail_open", "fail_closed"] = "fail_open"
+    expected_instances: int = Field(default=1, ge=1)
+    key_prefix: str = "sluicegate:"
+
+    @model_validator(mode="after")
+    def _redis_url(self) -> StateConfig:
+        if self.backend == "redis" and not self.redis_url:
+            raise ValueError("state.redis_url is required when state.backend is redis (e.g. redis://127.0.0.1:6379/0)")
+        return self
+
+
+class UsageConfig(Strict):
+    enabled: bool = True
+    dsn: str = "sluicegate-usage.db"  # a SQLite path (or sqlite:///path), or postgresql://...
+    max_queue: int = Field(default=10_000, ge=1)
+    batch_size: int = Field(default=500, ge=1)
+    flush_interval: Duration = 0.5
+
+
+class LogConfig(Strict):
+    access_log: bool = True  # one JSON line per request at its end, on stderr
+    level: Literal["debug", "info", "warning", "error"] = "info"
 
 
 class Config(Strict):
     server: ServerConfig = ServerConfig()
     models: tuple[ModelConfig, ...] = ()
+    auth: AuthConfig = AuthConfig()
+    state: StateConfig = StateConfig()
+    usage: UsageConfig = UsageConfig()
+    logging: LogConfig = LogConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Config:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from sluicegate.observe.histogram import LocalHistogram
 from sluicegate.observe.metrics import Metrics
 from sluicegate.providers.base import Usage
-from sluicegate.types import GatewayRequest, Outcome
+from sluicegate.types import GatewayError, GatewayRequest, Outcome
 
 
 @dataclass(slots=True)
@@ -30,6 +30,15 @@ class RequestRecord:
     @property
     def duration(self) -> float:
         return max(0.0, self.ended - self.req.arrived)
+
+
+def annotate(error: GatewayError, record: RequestRecord) -> GatewayError:
+    """Say on an error response which deployment was tried last and after how many attempts."""
+    if record.deployment is not None:
+        error.headers["x-sluicegate-deployment"] = record.deployment
+    if record.attempts:
+        error.headers["x-sluicegate-attempts"] = str(record.attempts)
+    return error
 
 
 def account(record: RequestRecord, metrics: Metrics) -> None:

@@ -7,6 +7,7 @@ clean HTTP error the client would get and the retry condition it matches (config
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -30,12 +31,13 @@ class AttemptFailed(Exception):
 class UpstreamCall:
     """An open upstream response, counted in the deployment's in-flight numbers until `close()` (called once)."""
 
-    __slots__ = ("_closed", "_metrics", "deployment", "response")
+    __slots__ = ("_closed", "_metrics", "_on_close", "deployment", "response")
 
-    def __init__(self, deployment: Deployment, metrics: Metrics) -> None:
+    def __init__(self, deployment: Deployment, metrics: Metrics, on_close: Callable[[], None]) -> None:
         self.deployment = deployment
         self.response: aiohttp.ClientResponse | None = None
         self._metrics = metrics
+        self._on_close = on_close
         self._closed = False
         deployment.in_flight += 1
         metrics.upstream_in_flight.labels(deployment.label).inc()
@@ -46,6 +48,7 @@ class UpstreamCall:
         if self._closed:
             return
         self._closed = True
+        self._on_close()
         self.deployment.in_flight -= 1
         self._metrics.upstream_in_flight.labels(self.deployment.label).dec()
         if self.response is not None:
@@ -74,12 +77,13 @@ def parse_retry_after(value: str | None) -> float | None:
 
 async def send(
     session: aiohttp.ClientSession, req: GatewayRequest, deployment: Deployment, matched: str, metrics: Metrics,
-    read_bufsize: int,
+    read_bufsize: int, on_close: Callable[[], None],
 ) -> UpstreamCall:
-    """Connect and send; on return the response status and headers are in. Non-200 -> AttemptFailed."""
+    """Connect and send; on return the response status and headers are in. Non-200 -> AttemptFailed.
+    `on_close` runs once when the call is closed (it releases the deployment slot)."""
     adapter = deployment.adapter
     upstream = adapter.build_request(req, deployment.config, deployment.upstream_model(matched, req.model))
-    call = UpstreamCall(deployment, metrics)
+    call = UpstreamCall(deployment, metrics, on_close)
     try:
         call.response = await session.post(
             upstream.url, data=upstream.body, headers=upstream.headers, read_bufsize=read_bufsize,
@@ -110,15 +114,16 @@ async def send(
     return call
 
 
-async def read_first_event(call: UpstreamCall, req: GatewayRequest, max_event_bytes: int) -> StreamStart:
+async def read_first_event(call: UpstreamCall, req: GatewayRequest, max_event_bytes: int,
+                           read_size: int) -> StreamStart:
     """Read until the codec has the first complete event. The caller's deadline bounds the wait."""
     assert call.response is not None
     codec = call.deployment.adapter.stream_codec(req, max_event_bytes)
-    read = call.response.content.readany
+    content = call.response.content
     first = b""
     try:
         while not codec.started:
-            data = await read()
+            data = await content.read(read_size)
             if not data:
                 raise AttemptFailed("reset", GatewayError(
                     502, "The upstream ended the stream before sending any event.", type="upstream_error",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -14,6 +15,7 @@ class ClientStream(Protocol):
     bytes_sent: int
     stalled_since: float  # loop time a write began waiting for the client to drain; 0.0 when not waiting
     headers: dict[str, str]  # response headers; may be added to until the first write
+    on_stall: Callable[[float], None] | None  # called with the loop time when a write starts waiting to drain
 
     async def write(self, data: bytes) -> None:
         """Write bytes, committing the response first if needed; waits only while the client is not draining.

@@ -11,43 +11,63 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
+from collections.abc import Awaitable, Callable
 
 import aiohttp
+from aiohappyeyeballs import AddrInfoType
 
 from sluicegate.config.schema import Config
-from sluicegate.gateway.accounting import RequestRecord, account
+from sluicegate.gateway.accounting import RequestRecord, account, annotate
+from sluicegate.gateway.admission import Admission, ClientKey, Slots
 from sluicegate.gateway.attempt import AttemptFailed, StreamStart, UpstreamCall, read_body, read_first_event, send
 from sluicegate.gateway.client_stream import ClientGone, ClientStream
 from sluicegate.gateway.deadlines import StreamDeadlines, deadline_error
 from sluicegate.gateway.pump import PumpLimits, pump
 from sluicegate.gateway.rate import StreamRateLimiter
 from sluicegate.gateway.retry import RetryDriver
-from sluicegate.gateway.routing import Route, Router
+from sluicegate.gateway.routing import Deployment, Route, Router
+from sluicegate.gateway.selection import Selector
 from sluicegate.observe.looplag import LoopLagMonitor
 from sluicegate.observe.metrics import Metrics
 from sluicegate.providers.base import NonStreamResult
+from sluicegate.state.base import StateBackend
 from sluicegate.types import GatewayError, GatewayRequest, Outcome
 from sluicegate.wire.errors import WireError
 
 log = logging.getLogger("sluicegate.gateway")
 
 class Gateway:
-    def __init__(self, config: Config, metrics: Metrics, *, demo_api_base: str | None = None) -> None:
+    def __init__(self, config: Config, metrics: Metrics, state: StateBackend, *,
+                 demo_api_base: str | None = None) -> None:
         self.config = config
         self.metrics = metrics
+        self.state = state
         self.router = Router(config, demo_api_base)
-        self.retry = RetryDriver(metrics)
+        self.admission = Admission(state, metrics, config.server.max_streams)
+        self.selector = Selector(state, shared=config.state.backend != "memory")
+        self.retry = RetryDriver(metrics, state, self.admission, self.router, self.selector)
         self.lag = LoopLagMonitor(metrics)
         server = config.server
         self.limits = PumpLimits(server.chunks_per_yield, server.bytes_per_yield)
         self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=False)
+        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, socket_factory=self._upstream_socket)
         self.session = aiohttp.ClientSession(
             connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
         )
         self.lag.start()
+
+    def _upstream_socket(self, addr_info: AddrInfoType) -> socket.socket:
+        family, type_, proto, _, _ = addr_info
+        sock = socket.socket(family=family, type=type_, proto=proto)
+        size = self.config.server.upstream_socket_buffer
+        if size:
+            # A small kernel receive buffer bounds what one read can bring in while the client is not draining,
+            # so a stalled stream holds little memory on both sides of the gateway. LLM streams need little window.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+        return sock
 
     async def close(self) -> None:
         self.lag.stop()
@@ -64,7 +84,12 @@ class Gateway:
                 type="server_error", code="overloaded", outcome=Outcome.SHED, retry_after=1.0)
 
     # --- streaming ----------------------------------------------------------------------------------------------
-    async def stream(self, req: GatewayRequest, client: ClientStream, route: Route) -> RequestRecord:
+    def _queue_timeout(self, route: Route) -> float:
+        model = route.pool.config
+        return model.queue_timeout if model.queue_timeout is not None else self.config.server.queue_timeout
+
+    async def stream(self, req: GatewayRequest, client: ClientStream, route: Route,
+                     key: ClientKey | None = None) -> RequestRecord:
         """Serve a streaming request. Raises GatewayError only while nothing has been sent to the client."""
         loop = asyncio.get_running_loop()
         task = asyncio.current_task()
@@ -84,15 +109,21 @@ class Gateway:
             loop, task, model.timeouts, heartbeat_interval=hb_interval, heartbeat_before_first_chunk=hb_first,
             send_heartbeat=heartbeat, write_stalled_since=lambda: client.stalled_since,
         )
+        client.on_stall = deadlines.write_stalled
         in_flight = self.metrics.streams_in_flight.labels(model.name)
         in_flight.inc()
         start: StreamStart | None = None
+        slots: Slots | None = None
         clean_end = False
         try:
             self._shed_check(record)
             deadlines.start(req.arrived, total=model.timeouts.total)
-            start = await self.retry.first_event(
-                req, route, record, deadlines, self._attempt_stream)
+            slots = await self.admission.admit(req.id, key, self._queue_timeout(route))
+
+            async def attempt(deployment: Deployment, matched: str, on_close: Callable[[], None]) -> StreamStart:
+                return await self._attempt_stream(req, deployment, matched, on_close, deadlines)
+
+            start = await self.retry.run(req, route, record, slots, self._queue_timeout(route), attempt, deadlines)
             record.deployment = start.call.deployment.label
             client.headers["x-sluicegate-deployment"] = record.deployment
             client.headers["x-sluicegate-attempts"] = str(record.attempts)
@@ -104,9 +135,15 @@ class Gateway:
             rate = None
             if model.max_events_per_second or model.max_bytes_per_second:
                 rate = StreamRateLimiter(model.max_events_per_second, model.max_bytes_per_second, now)
+                rate.delay(codec.events, len(start.first), now)  # the first batch went out at once; it still counts
             assert start.call.response is not None
-            await pump(start.call.response.content.readany, codec, client, deadlines, self.limits, record.gaps,
-                       loop.time, rate)
+            content = start.call.response.content
+            read_size = server.upstream_read_buffer
+
+            def read() -> Awaitable[bytes]:
+                return content.read(read_size)
+
+            await pump(read, codec, client, deadlines, self.limits, record.gaps, loop.time, rate)
             record.usage = codec.usage
             record.finish_reason = codec.finish_reason
             if codec.error is not None:
@@ -127,7 +164,7 @@ class Gateway:
             error = deadline_error(fired, model)
             if not client.committed:
                 record.status = 504
-                raise error from None
+                raise annotate(error, record) from None
             await self._end_with_error(client, start, error, clean=fired is not Outcome.WRITE_STALL)
         except ClientGone:
             record.outcome = Outcome.CLIENT_DISCONNECTED
@@ -136,7 +173,7 @@ class Gateway:
             record.outcome = error.outcome
             if not client.committed:
                 record.status = error.status
-                raise
+                raise annotate(error, record) from None
             await self._end_with_error(client, start, error, clean=True)
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError, WireError) as exc:
             # The upstream broke after the stream was committed.
@@ -150,6 +187,8 @@ class Gateway:
             deadlines.stop()
             if start is not None:
                 start.call.close(reuse=clean_end)
+            if slots is not None:
+                slots.release()
             record.ended = loop.time()
             record.bytes_sent = client.bytes_sent
             in_flight.dec()
@@ -162,31 +201,37 @@ class Gateway:
         with contextlib.suppress(ClientGone):
             await client.end(event, clean=clean)
 
-    async def _attempt_stream(self, req: GatewayRequest, route: Route, deployment_index: int,
-                              deadlines: StreamDeadlines) -> StreamStart:
-        deployment = route.pool.deployments[deployment_index]
+    async def _attempt_stream(self, req: GatewayRequest, deployment: Deployment, matched: str,
+                              on_close: Callable[[], None], deadlines: StreamDeadlines) -> StreamStart:
         loop = asyncio.get_running_loop()
         sent_at = loop.time()
         deadlines.waiting_for_first_chunk(sent_at, deployment.timeouts.first_chunk)
         server = self.config.server
         assert self.session is not None
-        call = await send(self.session, req, deployment, route.matched, self.metrics, server.upstream_read_buffer)
-        start = await read_first_event(call, req, server.max_event_bytes)
+        call = await send(self.session, req, deployment, matched, self.metrics, server.upstream_read_buffer, on_close)
+        start = await read_first_event(call, req, server.max_event_bytes, server.upstream_read_buffer)
         seconds = loop.time() - sent_at
         deployment.observe_ttft(seconds)
         self.metrics.upstream_first_chunk.labels(deployment.label).observe(seconds)
         return start
 
     # --- non-streaming ------------------------------------------------------------------------------------------
-    async def complete(self, req: GatewayRequest, route: Route) -> tuple[RequestRecord, NonStreamResult]:
+    async def complete(self, req: GatewayRequest, route: Route,
+                       key: ClientKey | None = None) -> tuple[RequestRecord, NonStreamResult]:
         loop = asyncio.get_running_loop()
         model = route.pool.config
         record = RequestRecord(req, model.name)
+        slots: Slots | None = None
         try:
             self._shed_check(record)
+            slots = await self.admission.admit(req.id, key, self._queue_timeout(route))
+
+            async def attempt(deployment: Deployment, matched: str, on_close: Callable[[], None]) -> NonStreamResult:
+                return await self._attempt_complete(req, deployment, matched, on_close)
+
             try:
                 async with asyncio.timeout(model.timeouts.request):
-                    result = await self.retry.complete(req, route, record, self._attempt_complete)
+                    result = await self.retry.run(req, route, record, slots, self._queue_timeout(route), attempt)
             except TimeoutError:
                 self.metrics.deadline_hits.labels(model.name, Outcome.TIMEOUT_REQUEST.value).inc()
                 raise GatewayError(504, f"The upstream did not answer within the request deadline "
@@ -205,16 +250,18 @@ class Gateway:
         except GatewayError as error:
             record.outcome = error.outcome
             record.status = error.status
-            raise
+            raise annotate(error, record) from None
         finally:
+            if slots is not None:
+                slots.release()
             record.ended = loop.time()
             account(record, self.metrics)
 
-    async def _attempt_complete(self, req: GatewayRequest, route: Route, deployment_index: int) -> NonStreamResult:
-        deployment = route.pool.deployments[deployment_index]
+    async def _attempt_complete(self, req: GatewayRequest, deployment: Deployment, matched: str,
+                                on_close: Callable[[], None]) -> NonStreamResult:
         assert self.session is not None
-        call: UpstreamCall = await send(self.session, req, deployment, route.matched, self.metrics,
-                                        self.config.server.upstream_read_buffer)
+        call: UpstreamCall = await send(self.session, req, deployment, matched, self.metrics,
+                                        self.config.server.upstream_read_buffer, on_close)
         try:
             body = await read_body(call)
         finally:

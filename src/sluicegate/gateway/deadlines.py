@@ -93,6 +93,11 @@ class StreamDeadlines:
         self.last_ping = now
         self._arm(self._next_wakeup(now))
 
+    def write_stalled(self, now: float) -> None:
+        """A write began waiting for the client to drain (slow path only): make sure we wake at its deadline."""
+        if self.phase is Phase.STREAMING:
+            self._arm(now + self._timeouts.write_stall)
+
     def stop(self) -> None:
         self.phase = Phase.DONE
         if self._handle is not None:

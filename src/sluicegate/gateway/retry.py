@@ -1,143 +1,195 @@
-"""Pre-first-byte retries: pick a deployment, run an attempt, and on a retryable failure spend retry budget,
-back off and try the next deployment. After the first byte reaches the client a stream is committed and is never
-retried (that is the caller's business: this driver only returns the first event)."""
+"""Pre-first-byte attempts: pick a deployment, take its slot, run the attempt, and on a retryable failure spend
+retry budget, back off and try the next deployment; when a model's pool is exhausted, its fallbacks. After the
+first byte reaches the client a stream is committed and never retried (this driver only returns the first event).
+
+Budgets are per pool and shared by all requests (cluster-wide with the Redis state backend), so an outage cannot
+multiply the load: retries are at most ~`ratio` of requests plus a small floor (`min_per_second`).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import random
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from sluicegate.gateway.accounting import RequestRecord
+from sluicegate.gateway.admission import Admission, Slots, rejected
 from sluicegate.gateway.attempt import AttemptFailed
 from sluicegate.gateway.deadlines import StreamDeadlines, deadline_error
-from sluicegate.gateway.routing import ModelPool, Route
+from sluicegate.gateway.routing import Deployment, ModelPool, Route, Router
+from sluicegate.gateway.selection import Selector
 from sluicegate.observe.metrics import Metrics
+from sluicegate.state.base import StateBackend
 from sluicegate.types import GatewayError, GatewayRequest, Outcome
 
 T = TypeVar("T")
+# What an attempt function gets: the deployment, the name to put in the upstream request, and a callback that
+# releases the deployment slot (the attempt's upstream call runs it when it closes).
+Attempt = Callable[[Deployment, str, Callable[[], None]], Awaitable[T]]
+
+WAIT_SLICE = 0.05  # while every deployment is full, re-check the others this often
+_SERVER_SIDE = {"connect_error", "reset", "timeout_connect", "timeout_first_chunk", "error_event"}
 
 
-class LocalRetryBudget:
-    """Requests deposit `ratio` tokens, a retry withdraws one, and `min_per_second` tokens trickle in so a few
-    retries are always possible. The balance is capped so a quiet period cannot bank a retry storm."""
+def counts_against_deployment(condition: str | int) -> bool:
+    """Failures that say the deployment is unhealthy (feed cooldowns and fallbacks), not that the request is bad."""
+    return condition in _SERVER_SIDE or (isinstance(condition, int) and (condition >= 500 or condition == 429))
 
-    def __init__(self) -> None:
-        self._tokens: dict[str, float] = {}
-        self._last: dict[str, float] = {}
 
-    def _refill(self, key: str, min_per_second: float, now: float) -> float:
-        cap = max(10.0, 10.0 * min_per_second)
-        tokens = self._tokens.get(key, 0.0)
-        last = self._last.get(key, now)
-        tokens = min(cap, tokens + (now - last) * min_per_second)
-        self._last[key] = now
-        self._tokens[key] = tokens
-        return tokens
+class _Run(Generic[T]):
+    """One request's walk through its pools."""
 
-    def deposit(self, key: str, ratio: float, min_per_second: float, now: float) -> None:
-        cap = max(10.0, 10.0 * min_per_second)
-        self._tokens[key] = min(cap, self._refill(key, min_per_second, now) + ratio)
+    def __init__(self, driver: RetryDriver, req: GatewayRequest, record: RequestRecord, slots: Slots,
+                 queue_timeout: float, attempt: Attempt[T], deadlines: StreamDeadlines | None) -> None:
+        self.d = driver
+        self.req = req
+        self.record = record
+        self.slots = slots
+        self.attempt = attempt
+        self.deadlines = deadlines
+        self.loop = asyncio.get_running_loop()
+        self.queue_deadline = self.loop.time() + queue_timeout
+        task = asyncio.current_task()
+        assert task is not None
+        self.task = task
 
-    def try_withdraw(self, key: str, min_per_second: float, now: float) -> bool:
-        tokens = self._refill(key, min_per_second, now)
-        if tokens < 1.0:
-            return False
-        self._tokens[key] = tokens - 1.0
-        return True
+    async def pools(self, route: Route) -> T:
+        pools = [(route.pool, route.matched)]
+        for name in route.pool.config.fallbacks:
+            fallback = self.d.router.pool(name)
+            if fallback is not None:
+                pools.append((fallback, fallback.name))
+        for position, (pool, matched) in enumerate(pools):
+            try:
+                return await self.pool(pool, matched)
+            except _PoolFailed as failed:
+                if position + 1 == len(pools) or not failed.fallback_worthy:
+                    raise failed.error from None
+        raise AssertionError("unreachable")
 
-    def available(self, key: str) -> float:
-        return self._tokens.get(key, 0.0)
+    async def pool(self, pool: ModelPool, matched: str) -> T:
+        policy = pool.config.retry
+        budget = pool.config.retry_budget
+        state = self.d.state
+        await state.budget_deposit(f"budget:{pool.name}", budget.ratio, budget.min_per_second)
+        tried: set[int] = set()
+        attempts = 0
+        while True:
+            try:
+                order = await self.d.selector.order(pool, self.req, tried)
+            except GatewayError as cooling:  # everything cooling down
+                raise _PoolFailed(cooling, fallback_worthy=True) from None
+            index = await self.take_slot(pool, order)
+            deployment = pool.deployments[index]
+            attempts += 1
+            self.record.attempts += 1
+            self.record.deployment = deployment.label
+            try:
+                result = await self.one(pool, deployment, matched)
+            except AttemptFailed as failure:
+                condition = failure.condition
+                self.d.metrics.upstream_requests.labels(deployment.label, str(condition)).inc()
+                server_side = counts_against_deployment(condition)
+                if server_side:
+                    await self.d.selector.record(pool, deployment, ok=False)
+                error = failure.error
+                if condition not in policy.on:
+                    raise _PoolFailed(error, fallback_worthy=server_side) from None
+                if attempts >= policy.attempts:
+                    if policy.attempts > 1:
+                        self.d.metrics.retries.labels(pool.name, "exhausted").inc()
+                    raise _PoolFailed(error, fallback_worthy=True) from None
+                if not await state.budget_try_withdraw(f"budget:{pool.name}", budget.ratio, budget.min_per_second):
+                    self.d.metrics.retries.labels(pool.name, "budget_exhausted").inc()
+                    raise _PoolFailed(error, fallback_worthy=True) from None
+                self.d.metrics.retries.labels(pool.name, "failed").inc()
+                await self.d.publish_budget(pool)
+                tried.add(index)
+                same = len(tried) >= len(pool.deployments)
+                await asyncio.sleep(self.d.backoff(attempts, error, same=same, pool=pool))
+                continue
+            self.d.metrics.upstream_requests.labels(deployment.label, "ok").inc()
+            if attempts > 1:
+                self.d.metrics.retries.labels(pool.name, "succeeded").inc()
+            await self.d.selector.record(pool, deployment, ok=True)
+            await self.d.selector.remember_sticky(pool, self.req, deployment)
+            return result
+
+    async def take_slot(self, pool: ModelPool, order: list[int]) -> int:
+        """The first deployment in `order` with a free slot; waits (bounded by the queue deadline) when all are full."""
+        admission = self.d.admission
+        while True:
+            for index in order:
+                deployment = pool.deployments[index]
+                cap = deployment.config.max_concurrent
+                if not cap:
+                    return index
+                if await admission.acquire_deployment(deployment.label, cap, self.req.id, 0.0):
+                    self.slots.add(admission.state, f"deployment:{deployment.label}", self.req.id)
+                    return index
+            remaining = self.queue_deadline - self.loop.time()
+            first = pool.deployments[order[0]]
+            if remaining <= 0:
+                raise rejected("deployment", first.label, f"Every deployment of {pool.name!r} is at its "
+                               "max_concurrent limit; retry shortly.")
+            # Wait on the preferred deployment for a slice, then look at all of them again.
+            if await admission.acquire_deployment(first.label, first.config.max_concurrent, self.req.id,
+                                                  min(remaining, WAIT_SLICE)):
+                self.slots.add(admission.state, f"deployment:{first.label}", self.req.id)
+                return order[0]
+
+    async def one(self, pool: ModelPool, deployment: Deployment, matched: str) -> T:
+        slot_key = f"deployment:{deployment.label}"
+
+        def release() -> None:
+            self.slots.release(slot_key)
+
+        try:
+            return await self.attempt(deployment, matched, release)
+        except asyncio.CancelledError:
+            release()
+            deadlines = self.deadlines
+            if deadlines is None or deadlines.fired is not Outcome.TIMEOUT_FIRST_CHUNK or self.task.uncancel() > 0:
+                raise
+            deadlines.fired = None  # this attempt's deadline; the request may go on with another attempt
+            self.d.metrics.deadline_hits.labels(pool.name, Outcome.TIMEOUT_FIRST_CHUNK.value).inc()
+            error = deadline_error(Outcome.TIMEOUT_FIRST_CHUNK, pool.config)
+            raise AttemptFailed("timeout_first_chunk", error) from None
+        except BaseException:
+            release()
+            raise
+
+
+class _PoolFailed(Exception):
+    def __init__(self, error: GatewayError, *, fallback_worthy: bool) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.fallback_worthy = fallback_worthy
 
 
 class RetryDriver:
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, state: StateBackend, admission: Admission, router: Router,
+                 selector: Selector) -> None:
         self.metrics = metrics
-        self.budget = LocalRetryBudget()
+        self.state = state
+        self.admission = admission
+        self.router = router
+        self.selector = selector
 
-    def pick(self, pool: ModelPool, tried: set[int]) -> int:
-        """Round-robin over the pool, preferring deployments this request has not tried yet."""
-        n = len(pool.deployments)
-        start = pool.next_index()
-        for offset in range(n):
-            index = (start + offset) % n
-            if index not in tried:
-                return index
-        return start % n
+    async def run(self, req: GatewayRequest, route: Route, record: RequestRecord, slots: Slots, queue_timeout: float,
+                  attempt: Attempt[T], deadlines: StreamDeadlines | None = None) -> T:
+        return await _Run(self, req, record, slots, queue_timeout, attempt, deadlines).pools(route)
 
-    async def first_event(
-        self, req: GatewayRequest, route: Route, record: RequestRecord, deadlines: StreamDeadlines,
-        attempt: Callable[[GatewayRequest, Route, int, StreamDeadlines], Awaitable[T]],
-    ) -> T:
-        task = asyncio.current_task()
-        assert task is not None
-
-        async def run(index: int) -> T:
-            try:
-                return await attempt(req, route, index, deadlines)
-            except asyncio.CancelledError:
-                if deadlines.fired is not Outcome.TIMEOUT_FIRST_CHUNK or task.uncancel() > 0:
-                    raise
-                deadlines.fired = None  # this attempt's deadline; the request may go on with another attempt
-                self.metrics.deadline_hits.labels(route.pool.name, Outcome.TIMEOUT_FIRST_CHUNK.value).inc()
-                raise AttemptFailed("timeout_first_chunk", deadline_error(Outcome.TIMEOUT_FIRST_CHUNK,
-                                                                          route.pool.config)) from None
-
-        return await self._drive(req, route, record, run)
-
-    async def complete(
-        self, req: GatewayRequest, route: Route, record: RequestRecord,
-        attempt: Callable[[GatewayRequest, Route, int], Awaitable[T]],
-    ) -> T:
-        async def run(index: int) -> T:
-            return await attempt(req, route, index)
-
-        return await self._drive(req, route, record, run)
-
-    async def _drive(self, req: GatewayRequest, route: Route, record: RequestRecord,
-                     run: Callable[[int], Awaitable[T]]) -> T:
-        loop = asyncio.get_running_loop()
-        pool = route.pool
-        policy = pool.config.retry
+    async def publish_budget(self, pool: ModelPool) -> None:
         budget = pool.config.retry_budget
-        self.budget.deposit(pool.name, budget.ratio, budget.min_per_second, loop.time())
-        tried: set[int] = set()
-        index = self.pick(pool, tried)
-        while True:
-            record.attempts += 1
-            deployment = pool.deployments[index]
-            record.deployment = deployment.label
-            try:
-                result = await run(index)
-            except AttemptFailed as failure:
-                self.metrics.upstream_requests.labels(deployment.label, str(failure.condition)).inc()
-                error = failure.error
-                if failure.condition not in policy.on:
-                    raise error from None
-                if record.attempts >= policy.attempts:
-                    if policy.attempts > 1:
-                        self.metrics.retries.labels(pool.name, "exhausted").inc()
-                    raise error from None
-                if not self.budget.try_withdraw(pool.name, budget.min_per_second, loop.time()):
-                    self.metrics.retries.labels(pool.name, "budget_exhausted").inc()
-                    raise error from None
-                self.metrics.retries.labels(pool.name, "failed").inc()
-                self.metrics.retry_budget_available.labels(pool.name).set(self.budget.available(pool.name))
-                tried.add(index)
-                next_index = self.pick(pool, tried)
-                await asyncio.sleep(self._backoff(record.attempts, error, same=next_index == index, pool=pool))
-                index = next_index
-                continue
-            self.metrics.upstream_requests.labels(deployment.label, "ok").inc()
-            if record.attempts > 1:
-                self.metrics.retries.labels(pool.name, "succeeded").inc()
-            return result
+        available = await self.state.budget_available(f"budget:{pool.name}", budget.ratio, budget.min_per_second)
+        self.metrics.retry_budget_available.labels(pool.name).set(available)
 
     @staticmethod
-    def _backoff(attempts_done: int, error: GatewayError, *, same: bool, pool: ModelPool) -> float:
-        """Another deployment may take the next attempt at once; the same one waits (full jitter, and at least
-        its Retry-After, capped at backoff_max)."""
+    def backoff(attempts_done: int, error: GatewayError, *, same: bool, pool: ModelPool) -> float:
+        """Another deployment may take the next attempt at once; going back to one already tried waits (full
+        jitter, and at least its Retry-After, capped at backoff_max)."""
         if not same:
             return 0.0
         policy = pool.config.retry

@@ -22,9 +22,8 @@ class Deployment:
     api_base: str | None
     in_flight: int = 0
     ttft_ewma: float | None = None
-    consecutive_failures: int = 0
-    cooldown_until: float = 0.0
-    probing: bool = False
+    recent_failures: int = 0  # local hint: failures since the last success seen by this process
+    maybe_cooling: bool = False  # local hint: a cooldown was started here; ask the state backend
 
     def upstream_model(self, matched: str, requested: str) -> str:
         model = self.config.model

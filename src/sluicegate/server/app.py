@@ -9,18 +9,22 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sluicegate.config.schema import Config
+from sluicegate.gateway.admission import ClientKey
 from sluicegate.gateway.core import Gateway
 from sluicegate.gateway.routing import Route
 from sluicegate.observe.metrics import Metrics
+from sluicegate.server.auth import KeyRing, forbidden_model
 from sluicegate.server.client_stream import AiohttpClientStream
 from sluicegate.server.demo import DemoUpstream
 from sluicegate.server.errors import error_response
 from sluicegate.server.validate import parse_request, request_id
+from sluicegate.state.factory import make_backend
 from sluicegate.types import Endpoint, GatewayError, GatewayRequest, Outcome
 
 GATEWAY = web.AppKey("gateway", Gateway)
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
+KEYS = web.AppKey("keys", KeyRing)
 
 UNKNOWN_MODEL_LABEL = "(unknown)"
 
@@ -29,7 +33,9 @@ def _count_rejected(request: web.Request, model: str, endpoint: Endpoint, error:
     request.app[METRICS].requests.labels(model, endpoint.value, str(error.status)).inc()
 
 
-async def _read_request(request: web.Request, endpoint: Endpoint, rid: str) -> tuple[GatewayRequest, Route]:
+async def _read_request(request: web.Request, endpoint: Endpoint,
+                        rid: str) -> tuple[GatewayRequest, Route, ClientKey | None]:
+    key = request.app[KEYS].authenticate(request.headers.get("Authorization"))
     config = request.app[CONFIG]
     limit = config.server.max_body_bytes
     arrived = asyncio.get_running_loop().time()
@@ -40,8 +46,12 @@ async def _read_request(request: web.Request, endpoint: Endpoint, rid: str) -> t
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(limit) from None
     req = parse_request(raw, endpoint, rid, arrived)
+    if key is not None:
+        if not key.allows(req.model):
+            raise forbidden_model(key, req.model)
+        req.key_name = key.name
     route = request.app[GATEWAY].router.resolve(req.model)
-    return req, route
+    return req, route, key
 
 
 def _too_large(limit: int) -> GatewayError:
@@ -54,7 +64,7 @@ def _endpoint_handler(endpoint: Endpoint):  # type: ignore[no-untyped-def]
         rid = request_id(request.headers.get("x-request-id"))
         gateway = request.app[GATEWAY]
         try:
-            req, route = await _read_request(request, endpoint, rid)
+            req, route, key = await _read_request(request, endpoint, rid)
         except GatewayError as error:
             _count_rejected(request, UNKNOWN_MODEL_LABEL, endpoint, error)
             return error_response(error, rid)
@@ -64,12 +74,12 @@ def _endpoint_handler(endpoint: Endpoint):  # type: ignore[no-untyped-def]
                 end_timeout=route.pool.config.timeouts.write_stall,
             )
             try:
-                await gateway.stream(req, client, route)
+                await gateway.stream(req, client, route, key)
             except GatewayError as error:
                 return error_response(error, rid)
             return client.response
         try:
-            record, result = await gateway.complete(req, route)
+            record, result = await gateway.complete(req, route, key)
         except GatewayError as error:
             return error_response(error, rid)
         headers = {"x-request-id": rid}
@@ -82,7 +92,12 @@ def _endpoint_handler(endpoint: Endpoint):  # type: ignore[no-untyped-def]
 
 
 async def models(request: web.Request) -> web.Response:
-    names = request.app[GATEWAY].router.public_models()
+    rid = request_id(request.headers.get("x-request-id"))
+    try:
+        key = request.app[KEYS].authenticate(request.headers.get("Authorization"))
+    except GatewayError as error:
+        return error_response(error, rid)
+    names = [n for n in request.app[GATEWAY].router.public_models() if key is None or key.allows(n)]
     data = [{"id": n, "object": "model", "created": 0, "owned_by": "sluicegate"} for n in names]
     return web.json_response({"object": "list", "data": data})
 
@@ -102,13 +117,18 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     if any(d.provider == "demo" for m in config.models for d in m.deployments):
         demo = DemoUpstream()
         await demo.start()
-    gateway = Gateway(config, app[METRICS], demo_api_base=demo.api_base if demo else None)
+    state = make_backend(config.state.backend, redis_url=config.state.redis_url, lease_ttl=config.state.lease_ttl,
+                         on_unavailable=config.state.on_unavailable,
+                         expected_instances=config.state.expected_instances, key_prefix=config.state.key_prefix)
+    await state.start()
+    gateway = Gateway(config, app[METRICS], state, demo_api_base=demo.api_base if demo else None)
     await gateway.start()
     app[GATEWAY] = gateway
     try:
         yield
     finally:
         await gateway.close()
+        await state.close()
         if demo is not None:
             await demo.stop()
 
@@ -117,6 +137,7 @@ def create_app(config: Config, metrics_: Metrics | None = None) -> web.Applicati
     app = web.Application(client_max_size=config.server.max_body_bytes)
     app[CONFIG] = config
     app[METRICS] = metrics_ or Metrics()
+    app[KEYS] = KeyRing(config.auth)
     app.cleanup_ctx.append(_lifecycle)
     app.router.add_post("/v1/chat/completions", _endpoint_handler(Endpoint.CHAT))
     app.router.add_post("/v1/completions", _endpoint_handler(Endpoint.COMPLETIONS))

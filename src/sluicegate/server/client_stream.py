@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from aiohttp import ClientConnectionResetError, web
 from aiohttp.http_writer import StreamWriter
@@ -22,7 +22,7 @@ SSE_HEADERS = {
 
 class AiohttpClientStream:
     __slots__ = ("_end_timeout", "_loop", "_prepare", "_protocol", "_request", "_write_buffer_high", "_writer",
-                 "bytes_sent", "committed", "headers", "response", "stalled_since")
+                 "bytes_sent", "committed", "headers", "on_stall", "response", "stalled_since")
 
     def __init__(self, request: web.Request, headers: Mapping[str, str], *, write_buffer_high: int,
                  end_timeout: float) -> None:
@@ -38,6 +38,7 @@ class AiohttpClientStream:
         self.committed = False
         self.bytes_sent = 0
         self.stalled_since = 0.0
+        self.on_stall: Callable[[float], None] | None = None
 
     async def _do_prepare(self) -> StreamWriter:
         self.response.headers.update(self.headers)
@@ -65,7 +66,9 @@ class AiohttpClientStream:
             raise ClientGone(str(exc)) from None
         self.bytes_sent += len(data)
         if self._protocol.writing_paused:
-            self.stalled_since = self._loop.time()
+            self.stalled_since = now = self._loop.time()
+            if self.on_stall is not None:
+                self.on_stall(now)
             try:
                 await writer.drain()
             except (ConnectionError, ClientConnectionResetError) as exc:

@@ -13,7 +13,7 @@ _encode = msgspec.json.Encoder()
 
 
 def error_response(error: GatewayError, request_id: str) -> web.Response:
-    headers = {"x-request-id": request_id}
+    headers = {**error.headers, "x-request-id": request_id}
     if error.retry_after is not None:
         headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
     body = error.upstream_body if error.upstream_body is not None else _encode.encode(error.payload())

@@ -46,7 +46,7 @@ async def serve(config: Config) -> None:
 
 
 def run(config: Config) -> int:
-    logging.basicConfig(level=config.server.log_level.upper(), stream=sys.stderr,
+    logging.basicConfig(level=config.logging.level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
     install_uvloop()
     asyncio.run(serve(config))

@@ -298,34 +298,42 @@ class RedisBackend:
         return await self._acquire_degraded(key, cap, holder, max(0.0, deadline - loop.time()))
 
     async def _pump(self, key: str, queue: SlotQueue) -> None:
+        """Asks Redis for slots for the queue's head whenever woken (a release) or every poll_interval."""
         slot_key = self._slot_key(key)
         try:
-            while queue.live > 0 and self._available and not self._closed:
+            while self._pumping(queue):
+                if not queue.wake.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(queue.wake.wait(), self._poll_interval)
+                    if not self._pumping(queue):
+                        return
                 queue.wake.clear()
                 batch = queue.head(PUMP_BATCH)
-                if batch:
-                    holders = [waiter.holder for waiter in batch]
-                    try:
-                        granted = int(
-                            await self._eval(self._scripts.acquire, [slot_key], [batch[0].cap, self._ttl_ms, *holders])
-                        )
-                    except _UseFallback:
-                        return
-                    for waiter in batch[:granted]:
-                        if waiter.future.done():
-                            # Timed out or cancelled while the script ran: hand the slot straight back.
-                            self._spawn(self._release_remote(key, waiter.holder))
-                        else:
-                            self._leases.setdefault(key, set()).add(waiter.holder)
-                            queue.granted(waiter)
-                    if granted == len(batch):
-                        continue
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(queue.wake.wait(), self._poll_interval)
+                if not batch:  # the last waiters just timed out and have not left the queue yet
+                    continue
+                holders = [waiter.holder for waiter in batch]
+                try:
+                    granted = int(
+                        await self._eval(self._scripts.acquire, [slot_key], [batch[0].cap, self._ttl_ms, *holders])
+                    )
+                except _UseFallback:
+                    return
+                for waiter in batch[:granted]:
+                    if waiter.future.done():
+                        # Timed out or cancelled while the script ran: hand the slot straight back.
+                        self._spawn(self._release_remote(key, waiter.holder))
+                    else:
+                        self._leases.setdefault(key, set()).add(waiter.holder)
+                        queue.granted(waiter)
+                if granted == len(batch):
+                    queue.wake.set()  # everyone offered got in: there may be room for more at once
         finally:
             queue.pump = None
             if queue.live == 0 and self._queues.get(key) is queue:
                 del self._queues[key]
+
+    def _pumping(self, queue: SlotQueue) -> bool:
+        return queue.live > 0 and self._available and not self._closed
 
     async def _release_remote(self, key: str, holder: str) -> None:
         renewal = self._renewal_done
@@ -542,9 +550,12 @@ class RedisBackend:
             self._recheck_loop(), name="sluicegate-state-recheck"
         )
 
-    def _mark_available(self) -> None:
+    def _mark_available(self, restored_leases: int) -> None:
         self._available = True
-        log.warning("shared state available again; cluster-wide limits resume")
+        log.warning(
+            "shared state available again; cluster-wide limits resume (%d of our leases had to be restored)",
+            restored_leases,
+        )
         self._restart_listener()
         self._notify(True)
 
@@ -562,10 +573,10 @@ class RedisBackend:
                 # Drop pooled sockets from before the outage, then write our leases back before anyone counts.
                 await self._client.connection_pool.disconnect()
                 await self._client.ping()
-                await self._renew_leases()
+                restored = await self._renew_leases()
             except _REDIS_FAILURES:
                 continue
-            self._mark_available()
+            self._mark_available(restored)
             return
 
     def _restart_listener(self) -> None:
@@ -609,12 +620,16 @@ class RedisBackend:
             await asyncio.sleep(self._lease_ttl / 3)
             if self._available and self._leases:
                 try:
-                    await self._renew_leases()
+                    restored = await self._renew_leases()
                 except _REDIS_FAILURES as exc:
                     self._mark_unavailable(exc)
+                else:
+                    if restored:
+                        log.warning("shared state had lost %d of our slot leases (Redis restart?); restored", restored)
 
-    async def _renew_leases(self) -> None:
-        """Re-arm (or restore) every lease this instance holds, one script call per batch of keys."""
+    async def _renew_leases(self) -> int:
+        """Re-arms every lease this instance holds, one script call per batch of keys; returns how many had
+        been lost and were restored."""
         batches: list[tuple[list[str], list[Any]]] = []
         keys: list[str] = []
         args: list[Any] = [self._ttl_ms]
@@ -630,7 +645,7 @@ class RedisBackend:
         if keys:
             batches.append((keys, args))
         if not batches:
-            return
+            return 0
         done = self._renewal_done = asyncio.Event()
         restored = 0
         try:
@@ -639,8 +654,7 @@ class RedisBackend:
         finally:
             self._renewal_done = None
             done.set()
-        if restored:
-            log.warning("restored %d slot leases that shared state had lost", restored)
+        return restored
 
     async def _flush_loop(self) -> None:
         while True:

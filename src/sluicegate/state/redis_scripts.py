@@ -7,10 +7,7 @@ timestamps). The arithmetic mirrors `sluicegate.state.ratewindow` and `sluicegat
 
 from __future__ import annotations
 
-from typing import Any
-
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
 
 _NOW_MS = """
 local t = redis.call('TIME')
@@ -261,7 +258,3 @@ class Scripts:
         self.start_cooldown = client.register_script(START_COOLDOWN)
         self.cooldown_status = client.register_script(COOLDOWN_STATUS)
         self.try_probe = client.register_script(TRY_PROBE)
-
-
-async def run(script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
-    return await script(keys=keys, args=args)

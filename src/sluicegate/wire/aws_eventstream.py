@@ -31,6 +31,10 @@ DEFAULT_MAX_MESSAGE_BYTES: Final = 16 * 1024 * 1024
 PRELUDE_BYTES: Final = 12
 MIN_MESSAGE_BYTES: Final = 16  # prelude + message CRC, no headers, no payload
 
+# Header blocks repeat per event type; small ones are decoded once per decoder.
+_CACHED_BLOCKS: Final = 64
+_CACHED_BLOCK_MAX_BYTES: Final = 1024
+
 _PRELUDE: Final = struct.Struct(">III")
 _U32: Final = struct.Struct(">I")
 _U16: Final = struct.Struct(">H")
@@ -160,7 +164,6 @@ class EventStreamDecoder:
         self._buffer = bytearray()
         self._pending_total = 0  # total_length of the partial message at the buffer's start, once checked
         self._failed = False
-        # Bedrock repeats a handful of identical header blocks (one per event type); decode each once.
         self._header_cache: dict[bytes, dict[str, HeaderValue]] = {}
 
     def feed(self, data: bytes) -> list[EventStreamMessage]:
@@ -235,9 +238,10 @@ class EventStreamDecoder:
         cached = self._header_cache.get(header_block)
         if cached is None:
             cached = decode_headers(header_block)
-            if len(self._header_cache) >= 64:  # bounded: a hostile stream cannot grow it
-                self._header_cache.clear()
-            self._header_cache[header_block] = cached
+            if headers_length <= _CACHED_BLOCK_MAX_BYTES:
+                if len(self._header_cache) >= _CACHED_BLOCKS:  # bounded whatever the stream sends
+                    self._header_cache.clear()
+                self._header_cache[header_block] = cached
         # Copy so that a caller changing one message's headers cannot change another's.
         return EventStreamMessage(headers=dict(cached), payload=bytes(view[payload_at:crc_at]))
 

@@ -7,8 +7,10 @@ This frames, it does not validate: inside an element only strings, escapes and b
 the element's JSON is checked by whoever decodes it. The array's own grammar (``[``, commas, ``]``) is
 checked here.
 
-Cost: every input byte is scanned once and copied at most twice (into the pending element, then into the
-frame), so a body fed in tiny pieces costs O(bytes). Memory: one pending element, at most max_frame_bytes.
+Cost: the bytes of a feed are examined at most twice (a C-level validation of an element that arrived
+whole, else a resumable scan that never revisits earlier feeds) and copied at most twice (into the pending
+element, then into the frame), so a body fed in tiny pieces costs O(bytes). Memory: one pending element, at
+most max_frame_bytes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import enum
 import re
 from typing import Final
+
+import msgspec
 
 from sluicegate.wire.errors import CorruptFrame, FrameTooLarge, TruncatedStream, WireError
 
@@ -27,22 +31,9 @@ _WHITESPACE: Final = re.compile(rb"[ \t\r\n]*")
 # backtracking). It stops early only at a string that is not complete in this feed.
 _PLAIN_AND_STRINGS: Final = re.compile(rb'(?:[^"{}\[\]]++|"[^"\\]*+(?:\\.[^"\\]*+)*+")*+', re.DOTALL)
 # The rest of a string body: stops at the closing quote, or at a backslash whose escaped byte is not here yet.
-_STRING_PATTERN: Final = rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"'
-_NEST_LIMIT: Final = 16
-
-
-def _balanced_container_pattern(levels: int) -> bytes:
-    # A container nested at most ``levels`` deep, brackets counted like the scanner counts them.
-    inner = rb"(?:[^\"{}\[\]]++|" + _STRING_PATTERN + rb")*+"
-    for _ in range(levels - 1):
-        inner = rb"(?:[^\"{}\[\]]++|" + _STRING_PATTERN + rb"|[{\[]" + inner + rb"[}\]])*+"
-    return rb"[{\[]" + inner + rb"[}\]]"
-
-
-# Fast path for an element that starts and ends within one feed (the usual case: one element per write):
-# one C-level match instead of a Python step per bracket. Possessive quantifiers keep a miss linear.
-_WHOLE_CONTAINER: Final = re.compile(_balanced_container_pattern(_NEST_LIMIT), re.DOTALL)
 _STRING_BODY: Final = re.compile(rb'[^"\\]*(?:\\.[^"\\]*)*', re.DOTALL)
+# Validates without building objects: the fast path for an element that arrives whole in one feed.
+_JSON_VALIDATOR: Final = msgspec.json.Decoder(msgspec.Raw)
 # A bare top-level value (number, true, false, null) ends at the first byte that may follow an element.
 _SCALAR_END: Final = re.compile(rb"[ \t\r\n,\]]")
 _SCALAR: Final = re.compile(rb"-?[0-9][0-9eE+\-.]*|true|false|null")
@@ -82,6 +73,7 @@ class JSONArraySplitter:
         self._head = b""  # the body's first bytes, held back while they may still be a split BOM
         self._pending = bytearray()  # start of an element that continues in a later feed
         self._element_start = 0  # where the current element begins in the data being scanned
+        self._last_closer: int | None = None  # in the data being scanned; found once per feed, when needed
         self._depth = 0
         self._in_string = False
         self._escape_pending = False  # the previous feed ended on a backslash inside a string
@@ -115,6 +107,7 @@ class JSONArraySplitter:
             data = self._strip_bom(data)
         frames: list[bytes] = []
         self._element_start = 0  # an element carried over from the previous feed continues at byte 0
+        self._last_closer = None
         pos = 0
         end = len(data)
         while pos < end:
@@ -164,9 +157,9 @@ class JSONArraySplitter:
         if self._expect is _Expect.SEPARATOR:
             raise CorruptFrame(f"missing ',' between JSON array elements (byte {self._consumed + pos})")
         if byte in _OPENERS:
-            whole = _WHOLE_CONTAINER.match(data, pos)
-            if whole is not None:
-                return self._emit_whole(data, pos, whole.end(), frames)
+            end = self._whole_element_end(data, pos)
+            if end > 0:
+                return self._emit_whole(data, pos, end, frames)
             self._depth, self._in_string, self._is_scalar = 1, False, False
         elif byte == _QUOTE:
             self._depth, self._in_string, self._is_scalar = 0, True, False
@@ -178,6 +171,24 @@ class JSONArraySplitter:
         self._escape_pending = False
         self._element_start = pos
         return self._scan_element(data, pos + 1, frames)
+
+    def _whole_element_end(self, data: bytes, start: int) -> int:
+        """End of the element at ``start`` if it is valid JSON ending at this feed's last bracket, else -1.
+
+        A validated single value that starts with its opening bracket ends at its matching closer, so this is
+        the end the scanner would find. Anything else (several elements, an incomplete or invalid one) takes
+        the scanner, which is one more pass over bytes this feed already holds.
+        """
+        if self._last_closer is None:
+            self._last_closer = max(data.rfind(b"}"), data.rfind(b"]"))
+        end = self._last_closer + 1
+        if end <= start:
+            return -1
+        try:
+            _JSON_VALIDATOR.decode(memoryview(data)[start:end])
+        except (msgspec.DecodeError, RecursionError):  # msgspec refuses very deep nesting; the scanner does not
+            return -1
+        return end
 
     def _emit_whole(self, data: bytes, start: int, end: int, frames: list[bytes]) -> int:
         if end - start > self.max_frame_bytes:
