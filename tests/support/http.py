@@ -47,7 +47,7 @@ def metrics(gateway_url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
     return out
 
 
-def metric(gateway_url: str, name: str, **labels: str) -> float:
+def metric(gateway_url: str, name: str, /, **labels: str) -> float:
     """Sum of the samples called `name` whose labels include `labels`."""
     total = 0.0
     for (sample, sample_labels), value in metrics(gateway_url).items():

@@ -9,6 +9,7 @@ multiply the load: retries are at most ~`ratio` of requests plus a small floor (
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
@@ -86,7 +87,11 @@ class _Run(Generic[T]):
             self.record.attempts += 1
             self.record.deployment = deployment.label
             try:
-                result = await self.one(pool, deployment, matched)
+                hedge_after = pool.config.hedge_after
+                if hedge_after is not None and self.deadlines is not None and len(order) > 1:
+                    result, deployment = await self.hedged(pool, order, index, matched, hedge_after)
+                else:
+                    result = await self.one(pool, deployment, matched)
             except AttemptFailed as failure:
                 condition = failure.condition
                 self.d.metrics.upstream_requests.labels(deployment.label, str(condition)).inc()
@@ -138,6 +143,77 @@ class _Run(Generic[T]):
                                                   min(remaining, WAIT_SLICE)):
                 self.slots.add(admission.state, f"deployment:{first.label}", self.req.id)
                 return order[0]
+
+    async def hedged(self, pool: ModelPool, order: list[int], index: int, matched: str,
+                     hedge_after: float) -> tuple[T, Deployment]:
+        """Start the attempt; if it has produced no event after `hedge_after`, start a second one on another
+        deployment (spending retry budget). The first to produce an event wins; the other is closed."""
+        first = pool.deployments[index]
+        tasks: dict[asyncio.Task[T], Deployment] = {}
+        releases: dict[Deployment, Callable[[], None]] = {}
+
+        def start(deployment: Deployment) -> None:
+            slot_key = f"deployment:{deployment.label}"
+            releases[deployment] = lambda: self.slots.release(slot_key)
+            tasks[asyncio.ensure_future(self.attempt(deployment, matched, releases[deployment]))] = deployment
+
+        start(first)
+        try:
+            done, _ = await asyncio.wait(tasks, timeout=hedge_after)
+            if not done:
+                second = await self.hedge_target(pool, order, index)
+                if second is not None:
+                    start(second)
+            failure: BaseException | None = None
+            pending = set(tasks)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    error = task.exception()
+                    if error is None:
+                        winner = tasks[task]
+                        self.record.deployment = winner.label
+                        return task.result(), winner
+                    if failure is None or tasks[task] is first:
+                        failure = error
+            assert failure is not None
+            raise failure
+        except asyncio.CancelledError:
+            deadlines = self.deadlines
+            if deadlines is None or deadlines.fired is not Outcome.TIMEOUT_FIRST_CHUNK or self.task.uncancel() > 0:
+                raise
+            deadlines.fired = None
+            self.d.metrics.deadline_hits.labels(pool.name, Outcome.TIMEOUT_FIRST_CHUNK.value).inc()
+            raise AttemptFailed("timeout_first_chunk", deadline_error(Outcome.TIMEOUT_FIRST_CHUNK,
+                                                                      pool.config)) from None
+        finally:
+            for task, deployment in tasks.items():
+                if not task.done():
+                    task.cancel()
+                    self.d.metrics.upstream_requests.labels(deployment.label, "hedge_lost").inc()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await task
+                if task.cancelled() or task.exception() is not None:
+                    releases[tasks[task]]()
+
+    async def hedge_target(self, pool: ModelPool, order: list[int], index: int) -> Deployment | None:
+        budget = pool.config.retry_budget
+        if not await self.d.state.budget_try_withdraw(f"budget:{pool.name}", budget.ratio, budget.min_per_second):
+            self.d.metrics.retries.labels(pool.name, "budget_exhausted").inc()
+            return None
+        for other in order:
+            deployment = pool.deployments[other]
+            if other == index:
+                continue
+            cap = deployment.config.max_concurrent
+            if not cap or await self.d.admission.acquire_deployment(deployment.label, cap, self.req.id, 0.0):
+                if cap:
+                    self.slots.add(self.d.admission.state, f"deployment:{deployment.label}", self.req.id)
+                self.record.attempts += 1
+                self.d.metrics.retries.labels(pool.name, "hedged").inc()
+                return deployment
+        return None
 
     async def one(self, pool: ModelPool, deployment: Deployment, matched: str) -> T:
         slot_key = f"deployment:{deployment.label}"

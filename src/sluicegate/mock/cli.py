@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 import sys
 
@@ -45,6 +46,16 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         default=defaults.headers_delay,
         help="seconds before the response headers (default: %(default)s)",
     )
+    _add_defaults_flag(p)
+
+
+def _add_defaults_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--defaults",
+        metavar="JSON",
+        help='default "mock" controls for every request, as a JSON object (e.g. \'{"status": 503}\' for an '
+        "upstream that is down); a request's own mock object still overrides them",
+    )
 
 
 def _url(host: str, port: int) -> str:
@@ -78,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
             first_delay=args.first_delay,
             headers_delay=getattr(args, "headers_delay", 0.0),
         )
+        if getattr(args, "defaults", None):
+            defaults = defaults.with_overrides(json.loads(args.defaults))
     except ValueError as exc:
         print(f"mock-upstream: {exc}", file=sys.stderr)
         return 2

@@ -39,7 +39,10 @@ class SigV4Signer:
         """`headers` plus Authorization, X-Amz-Date (and X-Amz-Security-Token for temporary credentials)."""
         sigv4_auth, aws_request, session = self._botocore()
         if self._credentials is None:
-            credentials = session().get_credentials()
+            try:
+                credentials = session().get_credentials()
+            except Exception as exc:  # botocore's own errors (a missing profile, a bad config file)
+                raise _config_error(f"Could not load AWS credentials for provider bedrock: {exc}") from None
             if credentials is None:
                 raise _config_error("No AWS credentials found for provider bedrock (set AWS_ACCESS_KEY_ID and "
                                     "AWS_SECRET_ACCESS_KEY, a profile, or an instance role).")
