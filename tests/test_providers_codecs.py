@@ -93,7 +93,7 @@ def reassemble(out: bytes) -> tuple[Answer, list[dict[str, Any]], bool]:
 def translate(codec: TranslatingCodec, data: bytes, cuts: list[int]) -> bytes:
     out = []
     last = 0
-    for cut in sorted(set(cuts)) + [len(data)]:
+    for cut in [*sorted(set(cuts)), len(data)]:
         out.append(codec.feed(data[last:cut]))
         last = cut
     out.append(codec.finish())
@@ -234,7 +234,10 @@ CASES = (
 )
 
 
-@pytest.mark.parametrize(("path", "codec_type", "expect"), CASES, ids=[f"{c[0].parent.name}/{c[0].name}" for c in CASES])
+IDS = [f"{c[0].parent.name}/{c[0].name}" for c in CASES]
+
+
+@pytest.mark.parametrize(("path", "codec_type", "expect"), CASES, ids=IDS)
 def test_recorded_stream_translates_to_what_the_provider_said(path: Path, codec_type: type[TranslatingCodec],
                                                               expect: Any) -> None:
     data = fixture_bytes(path)
@@ -335,8 +338,9 @@ def test_first_event_error_fails_the_attempt(codec_type: type[TranslatingCodec],
      b'data: {"error": {"code": 500, "message": "Internal error", "status": "INTERNAL"}}\r\n\r\n'),
     (BedrockCodec, (FIXTURES / "bedrock" / "kong-converse-text.bin").read_bytes()[:400], None,
      exception_frame("modelStreamErrorException", "The model stream failed")),
-    (OllamaCodec, (FIXTURES / "ollama" / "prism-granite3-basic-text.ndjson").read_bytes(), b'{"model":"granite3-dense:8b",'
-     b'"created_at":"2025-03-20T18:32:38.724076Z"', b'{"error":"an error was encountered while running the model"}\n'),
+    (OllamaCodec, (FIXTURES / "ollama" / "prism-granite3-basic-text.ndjson").read_bytes(),
+     b'{"model":"granite3-dense:8b","created_at":"2025-03-20T18:32:38.724076Z"',
+     b'{"error":"an error was encountered while running the model"}\n'),
 ])
 def test_mid_stream_error_becomes_one_error_event_and_no_done(codec_type: type[TranslatingCodec], body: bytes,
                                                               cut: bytes | None, error: bytes) -> None:
@@ -364,7 +368,8 @@ def test_mid_stream_error_becomes_one_error_event_and_no_done(codec_type: type[T
 
 @pytest.mark.parametrize(("codec_type", "path", "keep"), [
     (AnthropicCodec, ANTHROPIC[0], 0.6), (GeminiCodec, GEMINI_SSE[0], 0.6), (BedrockCodec, BEDROCK[1], 0.6),
-    (OllamaCodec, OLLAMA[0], 0.6), (GeminiCodec, FIXTURES / "gemini" / "json-array" / "kong-first-network-read.part", 1),
+    (OllamaCodec, OLLAMA[0], 0.6),
+    (GeminiCodec, FIXTURES / "gemini" / "json-array" / "kong-first-network-read.part", 1),
 ])
 def test_stream_cut_before_the_provider_end_is_an_error_not_done(codec_type: type[TranslatingCodec], path: Path,
                                                                  keep: float) -> None:

@@ -12,10 +12,10 @@ from typing import Any
 
 import anthropic
 import botocore.session
-from botocore.exceptions import EventStreamError
 import pydantic
 import pytest
 from anthropic.types import RawMessageStreamEvent
+from botocore.exceptions import EventStreamError
 from google import genai
 from google.genai import types as gtypes
 
@@ -68,10 +68,10 @@ def test_anthropic_mock_events_validate_as_sdk_types(mocks: dict[str, Proc]) -> 
 
 def test_anthropic_sdk_raises_on_the_mock_error_events(mocks: dict[str, Proc]) -> None:
     client = anthropic.Anthropic(base_url=mocks["anthropic"].url, api_key="k", max_retries=0, timeout=10)
-    with pytest.raises(anthropic.APIStatusError) as info:  # noqa: PT012
-        with client.messages.stream(model="m", max_tokens=10, messages=[{"role": "user", "content": "hi"}],
-                                    extra_body={"mock": {"error_after": 2}}) as stream:
-            stream.get_final_message()
+    with (pytest.raises(anthropic.APIStatusError) as info,
+          client.messages.stream(model="m", max_tokens=10, messages=[{"role": "user", "content": "hi"}],
+                                 extra_body={"mock": {"error_after": 2}}) as stream):
+        stream.get_final_message()
     assert "overloaded_error" in str(info.value.body) or "mock upstream error" in str(info.value)
     with pytest.raises(anthropic.RateLimitError):
         client.messages.create(model="m", max_tokens=10, messages=[{"role": "user", "content": "hi"}],

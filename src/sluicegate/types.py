@@ -47,6 +47,7 @@ class GatewayRequest:
     key_name: str | None = None
     user: str | None = None
     extra_headers: dict[str, str] = field(default_factory=dict)
+    first_sent: float = 0.0  # loop time the first upstream attempt was sent (gateway overhead = this - arrived)
 
 
 class GatewayError(Exception):

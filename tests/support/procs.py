@@ -82,8 +82,11 @@ def start_mock(*extra: str) -> Proc:
 def start_gateway(config: dict[str, Any] | None, env: dict[str, str] | None = None, *extra: str) -> Proc:
     """config=None runs the embedded default."""
     args = ["serve", "--port", "0", *extra]
+    env = {"SLUICEGATE_USAGE_DSN": tempfile.mktemp(prefix="sluicegate-usage-", suffix=".db"), **(env or {})}
     if config is not None:
         config = {**config, "server": {"host": "127.0.0.1", "port": 0, **config.get("server", {})}}
+        if "usage" not in config:
+            config["usage"] = {"dsn": tempfile.mktemp(prefix="sluicegate-usage-", suffix=".db")}
         with tempfile.NamedTemporaryFile("w", prefix="sluicegate-", suffix=".yaml", delete=False) as f:
             yaml.safe_dump(config, f)
         args += ["--config", f.name]

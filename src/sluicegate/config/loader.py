@@ -169,4 +169,5 @@ def default_config(env: Mapping[str, str] | None = None) -> Config:
         }
         models.append({"name": "openai/*", "deployments": [openai]})
         models.append({"name": "*", "deployments": [openai]})
-    return parse_config({"models": models}, env, "embedded default config")
+    usage = {"dsn": "${SLUICEGATE_USAGE_DSN:-sluicegate-usage.db}"}
+    return parse_config({"models": models, "usage": usage}, env, "embedded default config")

@@ -1,13 +1,23 @@
-"""What is known about one request when it ends, and the one place that turns it into metrics (exactly once)."""
+"""What is known about one request when it ends, and the one place that turns it into metrics, the live
+dashboard's numbers, a usage record and an access-log line — exactly once per request, off the hot path."""
 
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
 
+import msgspec
+
 from sluicegate.observe.histogram import LocalHistogram
+from sluicegate.observe.live import LiveStats
 from sluicegate.observe.metrics import Metrics
+from sluicegate.observe.usage import UsageRecord, UsageRecorder
 from sluicegate.providers.base import Usage
 from sluicegate.types import GatewayError, GatewayRequest, Outcome
+
+access_log = logging.getLogger("sluicegate.access")
+_encode = msgspec.json.Encoder()
 
 
 @dataclass(slots=True)
@@ -24,6 +34,7 @@ class RequestRecord:
     finish_reason: str | None = None
     bytes_sent: int = 0
     client_disconnected: bool = False
+    sha256: str | None = None
     gaps: LocalHistogram = field(default_factory=LocalHistogram)
     accounted: bool = False
 
@@ -41,27 +52,75 @@ def annotate(error: GatewayError, record: RequestRecord) -> GatewayError:
     return error
 
 
-def account(record: RequestRecord, metrics: Metrics) -> None:
-    """Called once per request from a `finally`; a second call is a no-op."""
-    if record.accounted:
-        return
-    record.accounted = True
-    model = record.model
-    req = record.req
-    metrics.requests.labels(model, req.endpoint.value, str(record.status)).inc()
-    if not req.stream:
-        metrics.streams.labels(model, record.outcome.value)  # keep the series visible; non-streams are not counted
-    else:
-        metrics.streams.labels(model, record.outcome.value).inc()
-        metrics.stream_duration.labels(model, record.outcome.value).observe(record.duration)
-        if record.bytes_sent:
-            metrics.bytes_streamed.labels(model).inc(record.bytes_sent)
-        record.gaps.flush_into(metrics.inter_token.labels(model))
-    if record.ttft is not None:
-        metrics.ttft.labels(model).observe(record.ttft)
-    usage = record.usage
-    if usage is not None:
-        if usage.prompt_tokens:
-            metrics.tokens.labels(model, "prompt").inc(usage.prompt_tokens)
-        if usage.completion_tokens:
-            metrics.tokens.labels(model, "completion").inc(usage.completion_tokens)
+class Accountant:
+    def __init__(self, metrics: Metrics, live: LiveStats | None = None, usage: UsageRecorder | None = None,
+                 *, access_log_enabled: bool = True) -> None:
+        self.metrics = metrics
+        self.live = live
+        self.usage = usage
+        self.access_log_enabled = access_log_enabled
+
+    def started(self, record: RequestRecord) -> None:
+        if self.live is not None:
+            self.live.request_started(record.model)
+
+    def rejected(self, model: str, reason: str) -> None:
+        if self.live is not None:
+            self.live.rejected(model, reason)
+
+    def finish(self, record: RequestRecord) -> None:
+        """Called once per request from a `finally`; a second call is a no-op."""
+        if record.accounted:
+            return
+        record.accounted = True
+        gaps = record.gaps
+        itl_mean = gaps.total / gaps.count if gaps.count else None
+        itl_p50 = gaps.quantile(0.5)
+        itl_p95 = gaps.quantile(0.95)
+        itl_p99 = gaps.quantile(0.99) if self.live is not None else None
+        self._metrics(record)
+        usage = record.usage
+        completion = usage.completion_tokens if usage is not None else None
+        if self.live is not None:
+            self.live.request_ended(record.model, record.outcome.value, record.ttft, itl_p50, itl_p99, completion,
+                                    record.duration)
+        if self.usage is None and not self.access_log_enabled:
+            return
+        req = record.req
+        entry = UsageRecord(
+            request_id=req.id, ts=req.arrived_wall, key_name=req.key_name, model=req.model,
+            deployment=record.deployment, endpoint=req.endpoint.value, attempts=record.attempts,
+            status=record.status, outcome=record.outcome.value, ttft_s=record.ttft, itl_mean_s=itl_mean,
+            itl_p95_s=itl_p95, duration_s=record.duration,
+            prompt_tokens=usage.prompt_tokens if usage is not None else None, completion_tokens=completion,
+            finish_reason=record.finish_reason, bytes_sent=record.bytes_sent,
+            client_disconnected=record.client_disconnected, sha256=record.sha256, stream=req.stream,
+        )
+        if self.usage is not None:
+            self.usage.submit(entry)
+        if self.access_log_enabled and access_log.isEnabledFor(logging.INFO):
+            access_log.info(_encode.encode(entry).decode())
+
+    def _metrics(self, record: RequestRecord) -> None:
+        metrics = self.metrics
+        model = record.model
+        req = record.req
+        metrics.requests.labels(model, req.endpoint.value, str(record.status)).inc()
+        if req.stream:
+            metrics.streams.labels(model, record.outcome.value).inc()
+            metrics.stream_duration.labels(model, record.outcome.value).observe(record.duration)
+            if record.bytes_sent:
+                metrics.bytes_streamed.labels(model).inc(record.bytes_sent)
+            record.gaps.flush_into(metrics.inter_token.labels(model))
+        if record.ttft is not None:
+            metrics.ttft.labels(model).observe(record.ttft)
+        usage = record.usage
+        if usage is not None:
+            if usage.prompt_tokens:
+                metrics.tokens.labels(model, "prompt").inc(usage.prompt_tokens)
+            if usage.completion_tokens:
+                metrics.tokens.labels(model, "completion").inc(usage.completion_tokens)
+
+
+def wall_time() -> float:
+    return time.time()

@@ -6,11 +6,13 @@ clean HTTP error the client would get and the retry condition it matches (config
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
+import yarl
 
 from sluicegate.gateway.routing import Deployment
 from sluicegate.observe.metrics import Metrics
@@ -84,9 +86,14 @@ async def send(
     adapter = deployment.adapter
     upstream = adapter.build_request(req, deployment.config, deployment.upstream_model(matched, req.model))
     call = UpstreamCall(deployment, metrics, on_close)
+    if not req.first_sent:
+        req.first_sent = asyncio.get_running_loop().time()
+        metrics.overhead.observe(req.first_sent - req.arrived)
     try:
         call.response = await session.post(
-            upstream.url, data=upstream.body, headers=upstream.headers, read_bufsize=read_bufsize,
+            # encoded=True: a signed URL (SigV4) must go out exactly as it was built and signed.
+            yarl.URL(upstream.url, encoded=True), data=upstream.body, headers=upstream.headers,
+            read_bufsize=read_bufsize,
             timeout=aiohttp.ClientTimeout(total=None, connect=None, sock_connect=deployment.timeouts.connect),
         )
     except aiohttp.ConnectionTimeoutError:
@@ -110,7 +117,9 @@ async def send(
             body = b""
         call.close()
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        raise AttemptFailed(response.status, adapter.error_from_response(response.status, body, retry_after))
+        error = adapter.error_from_response(response.status, body, retry_after)
+        # The adapter's status is the condition: providers' own codes (Anthropic's 529) map to the standard ones.
+        raise AttemptFailed(error.status, error)
     return call
 
 
@@ -145,7 +154,9 @@ async def read_first_event(call: UpstreamCall, req: GatewayRequest, max_event_by
     if codec.first_error is not None:
         call.close()
         err = codec.first_error
-        raise AttemptFailed("error_event", GatewayError(
+        # A first event that says the request itself is wrong (a 4xx other than 408/429) is not worth retrying.
+        condition: str | int = "error_event" if err.status >= 500 or err.status in (408, 429) else err.status
+        raise AttemptFailed(condition, GatewayError(
             err.status, f"The upstream reported an error: {err.message}", type=err.type or "upstream_error",
             code=err.code or "upstream_error_event"))
     return StreamStart(call, codec, first)

@@ -22,6 +22,10 @@ class ClientStream(Protocol):
         Raises ClientGone."""
         ...
 
+    def digest(self) -> str:
+        """Hex SHA-256 of every body byte written so far (the client can verify what it received)."""
+        ...
+
     def heartbeat(self) -> None:
         """Write an SSE keep-alive comment without waiting (skipped while the client is not draining)."""
         ...

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -18,7 +19,7 @@ import aiohttp
 from aiohappyeyeballs import AddrInfoType
 
 from sluicegate.config.schema import Config
-from sluicegate.gateway.accounting import RequestRecord, account, annotate
+from sluicegate.gateway.accounting import Accountant, RequestRecord, annotate
 from sluicegate.gateway.admission import Admission, ClientKey, Slots
 from sluicegate.gateway.attempt import AttemptFailed, StreamStart, UpstreamCall, read_body, read_first_event, send
 from sluicegate.gateway.client_stream import ClientGone, ClientStream
@@ -39,9 +40,10 @@ log = logging.getLogger("sluicegate.gateway")
 
 class Gateway:
     def __init__(self, config: Config, metrics: Metrics, state: StateBackend, *,
-                 demo_api_base: str | None = None) -> None:
+                 demo_api_base: str | None = None, accountant: Accountant | None = None) -> None:
         self.config = config
         self.metrics = metrics
+        self.accountant = accountant or Accountant(metrics, access_log_enabled=False)
         self.state = state
         self.router = Router(config, demo_api_base)
         self.admission = Admission(state, metrics, config.server.max_streams)
@@ -112,6 +114,7 @@ class Gateway:
         client.on_stall = deadlines.write_stalled
         in_flight = self.metrics.streams_in_flight.labels(model.name)
         in_flight.inc()
+        self.accountant.started(record)
         start: StreamStart | None = None
         slots: Slots | None = None
         clean_end = False
@@ -171,6 +174,8 @@ class Gateway:
             record.client_disconnected = True
         except GatewayError as error:
             record.outcome = error.outcome
+            if error.outcome in (Outcome.REJECTED, Outcome.SHED):
+                self.accountant.rejected(model.name, error.code or error.outcome.value)
             if not client.committed:
                 record.status = error.status
                 raise annotate(error, record) from None
@@ -191,8 +196,9 @@ class Gateway:
                 slots.release()
             record.ended = loop.time()
             record.bytes_sent = client.bytes_sent
+            record.sha256 = client.digest() if client.committed else None
             in_flight.dec()
-            account(record, self.metrics)
+            self.accountant.finish(record)
         return record
 
     async def _end_with_error(self, client: ClientStream, start: StreamStart | None, error: GatewayError,
@@ -221,6 +227,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         model = route.pool.config
         record = RequestRecord(req, model.name)
+        self.accountant.started(record)
         slots: Slots | None = None
         try:
             self._shed_check(record)
@@ -241,6 +248,7 @@ class Gateway:
             record.usage = result.usage
             record.finish_reason = result.finish_reason
             record.bytes_sent = len(result.body)
+            record.sha256 = hashlib.sha256(result.body).hexdigest()
             return record, result
         except asyncio.CancelledError:
             record.outcome = Outcome.CLIENT_DISCONNECTED
@@ -250,12 +258,14 @@ class Gateway:
         except GatewayError as error:
             record.outcome = error.outcome
             record.status = error.status
+            if error.outcome in (Outcome.REJECTED, Outcome.SHED):
+                self.accountant.rejected(model.name, error.code or error.outcome.value)
             raise annotate(error, record) from None
         finally:
             if slots is not None:
                 slots.release()
             record.ended = loop.time()
-            account(record, self.metrics)
+            self.accountant.finish(record)
 
     async def _attempt_complete(self, req: GatewayRequest, deployment: Deployment, matched: str,
                                 on_close: Callable[[], None]) -> NonStreamResult:

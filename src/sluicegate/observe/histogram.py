@@ -31,15 +31,17 @@ class LocalHistogram:
         self.count += 1
 
     def quantile(self, q: float) -> float | None:
-        """Upper bound of the bucket holding the q-quantile (coarse; exact values are not kept)."""
+        """The q-quantile, interpolated linearly inside its bucket (exact values are not kept)."""
         if not self.count:
             return None
         rank = q * self.count
         seen = 0
         for index, n in enumerate(self.counts):
+            if n and seen + n >= rank:
+                lower = self.bounds[index - 1] if index > 0 else 0.0
+                upper = self.bounds[index] if index < len(self.bounds) else lower
+                return lower + (upper - lower) * max(0.0, rank - seen) / n
             seen += n
-            if seen >= rank and n:
-                return self.bounds[index] if index < len(self.bounds) else self.bounds[-1]
         return self.bounds[-1]
 
     def flush_into(self, child: Any) -> None:

@@ -70,6 +70,9 @@ class Metrics:
         self.loop_lag = Gauge(
             "sluicegate_event_loop_lag_seconds", "How late the event loop ran a timer, last sample.",
             registry=r, multiprocess_mode="max")
+        self.usage_dropped = Counter(
+            "sluicegate_usage_records_dropped", "Usage records not written, by reason (queue_full, ...).",
+            ["reason"], registry=r)
         self.overhead = Histogram(
             "sluicegate_gateway_overhead_seconds",
             "Time spent in the gateway from request arrival until the upstream request was sent.",

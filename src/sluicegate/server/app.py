@@ -9,14 +9,19 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sluicegate.config.schema import Config
+from sluicegate.gateway.accounting import Accountant
 from sluicegate.gateway.admission import ClientKey
 from sluicegate.gateway.core import Gateway
 from sluicegate.gateway.routing import Route
+from sluicegate.observe.live import LiveStats
 from sluicegate.observe.metrics import Metrics
+from sluicegate.observe.usage import UsageRecorder, make_usage_store
 from sluicegate.server.auth import KeyRing, forbidden_model
 from sluicegate.server.client_stream import AiohttpClientStream
+from sluicegate.server.dashboard import add_dashboard_routes
 from sluicegate.server.demo import DemoUpstream
 from sluicegate.server.errors import error_response
+from sluicegate.server.usage_api import USAGE_STORE, add_usage_routes
 from sluicegate.server.validate import parse_request, request_id
 from sluicegate.state.factory import make_backend
 from sluicegate.types import Endpoint, GatewayError, GatewayRequest, Outcome
@@ -25,6 +30,8 @@ GATEWAY = web.AppKey("gateway", Gateway)
 CONFIG = web.AppKey("config", Config)
 METRICS = web.AppKey("metrics", Metrics)
 KEYS = web.AppKey("keys", KeyRing)
+LIVE = web.AppKey("live", LiveStats)
+ACCOUNTANT = web.AppKey("accountant", Accountant)
 
 UNKNOWN_MODEL_LABEL = "(unknown)"
 
@@ -121,7 +128,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                          on_unavailable=config.state.on_unavailable,
                          expected_instances=config.state.expected_instances, key_prefix=config.state.key_prefix)
     await state.start()
-    gateway = Gateway(config, app[METRICS], state, demo_api_base=demo.api_base if demo else None)
+    gateway = Gateway(config, app[METRICS], state, demo_api_base=demo.api_base if demo else None,
+                      accountant=app[ACCOUNTANT])
     await gateway.start()
     app[GATEWAY] = gateway
     try:
@@ -133,12 +141,42 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             await demo.stop()
 
 
+async def _observability(app: web.Application) -> AsyncIterator[None]:
+    """Usage records (store + off-hot-path recorder) and the accountant every request ends in. Runs before the
+    gateway starts and closes after it has stopped, so the last records are flushed."""
+    config = app[CONFIG]
+    metrics_ = app[METRICS]
+    store = None
+    recorder = None
+    if config.usage.enabled:
+        store = make_usage_store(config.usage.dsn)
+        await store.start()
+        app[USAGE_STORE] = store
+        dropped = metrics_.usage_dropped
+        recorder = UsageRecorder(store, max_queue=config.usage.max_queue, batch_size=config.usage.batch_size,
+                                 flush_interval=config.usage.flush_interval,
+                                 on_drop=lambda reason, n: dropped.labels(reason).inc(n))
+        await recorder.start()
+    app[ACCOUNTANT] = Accountant(metrics_, app[LIVE], recorder, access_log_enabled=config.logging.access_log)
+    try:
+        yield
+    finally:
+        if recorder is not None:
+            await recorder.close()
+        if store is not None:
+            await store.close()
+
+
 def create_app(config: Config, metrics_: Metrics | None = None) -> web.Application:
     app = web.Application(client_max_size=config.server.max_body_bytes)
     app[CONFIG] = config
     app[METRICS] = metrics_ or Metrics()
     app[KEYS] = KeyRing(config.auth)
+    app[LIVE] = LiveStats()
+    app.cleanup_ctx.append(_observability)
     app.cleanup_ctx.append(_lifecycle)
+    add_dashboard_routes(app, LIVE)
+    add_usage_routes(app, KEYS)
     app.router.add_post("/v1/chat/completions", _endpoint_handler(Endpoint.CHAT))
     app.router.add_post("/v1/completions", _endpoint_handler(Endpoint.COMPLETIONS))
     app.router.add_post("/v1/responses", _endpoint_handler(Endpoint.RESPONSES))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import Callable, Mapping
 
 from aiohttp import ClientConnectionResetError, web
@@ -21,8 +22,22 @@ SSE_HEADERS = {
 
 
 class AiohttpClientStream:
-    __slots__ = ("_end_timeout", "_loop", "_prepare", "_protocol", "_request", "_write_buffer_high", "_writer",
-                 "bytes_sent", "committed", "headers", "on_stall", "response", "stalled_since")
+    __slots__ = (
+        "_end_timeout",
+        "_loop",
+        "_prepare",
+        "_protocol",
+        "_request",
+        "_sha",
+        "_write_buffer_high",
+        "_writer",
+        "bytes_sent",
+        "committed",
+        "headers",
+        "on_stall",
+        "response",
+        "stalled_since",
+    )
 
     def __init__(self, request: web.Request, headers: Mapping[str, str], *, write_buffer_high: int,
                  end_timeout: float) -> None:
@@ -39,6 +54,7 @@ class AiohttpClientStream:
         self.bytes_sent = 0
         self.stalled_since = 0.0
         self.on_stall: Callable[[float], None] | None = None
+        self._sha = hashlib.sha256()
 
     async def _do_prepare(self) -> StreamWriter:
         self.response.headers.update(self.headers)
@@ -65,6 +81,7 @@ class AiohttpClientStream:
         except (ConnectionError, ClientConnectionResetError, RuntimeError) as exc:
             raise ClientGone(str(exc)) from None
         self.bytes_sent += len(data)
+        self._sha.update(data)
         if self._protocol.writing_paused:
             self.stalled_since = now = self._loop.time()
             if self.on_stall is not None:
@@ -75,6 +92,9 @@ class AiohttpClientStream:
                 raise ClientGone(str(exc)) from None
             finally:
                 self.stalled_since = 0.0
+
+    def digest(self) -> str:
+        return self._sha.hexdigest()
 
     def heartbeat(self) -> None:
         if self._writer is not None and self._protocol.writing_paused:
@@ -87,6 +107,7 @@ class AiohttpClientStream:
         with contextlib.suppress(ConnectionError, ClientConnectionResetError, RuntimeError):
             await writer.write(data, drain=False)
             self.bytes_sent += len(data)
+            self._sha.update(data)
 
     async def end(self, final: bytes = b"", *, clean: bool = True) -> None:
         if not clean:
