@@ -1,13 +1,21 @@
 """Every Prometheus metric sluicegate exports. docs/metrics.md lists them with labels and what to alert on.
 
 Label values are bounded: model and deployment names come from the config, outcomes and reasons from fixed sets.
+
+With several worker processes (`serve --workers N`) every metric lives in prometheus-client's multiprocess mode:
+each worker writes its values to mmap files in one directory and /metrics merges them, so it reports the sum over
+workers (gauges say how they merge with `multiprocess_mode`; `live*` modes drop workers that have exited).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
 
 from sluicegate.observe.histogram import LATENCY_BUCKETS
+
+MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0)
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
@@ -57,7 +65,7 @@ class Metrics:
             ["model", "outcome"], registry=r)
         self.retry_budget_available = Gauge(
             "sluicegate_retry_budget_available", "Retry tokens currently available in the model's pool.",
-            ["model"], registry=r, multiprocess_mode="max")
+            ["model"], registry=r, multiprocess_mode="livemax")
         self.rejections = Counter(
             "sluicegate_concurrency_rejections",
             "Requests refused admission, by scope (worker|deployment|key|model) and reason.",
@@ -69,7 +77,12 @@ class Metrics:
             "sluicegate_heartbeats", "SSE keep-alive comments written to clients.", ["model"], registry=r)
         self.loop_lag = Gauge(
             "sluicegate_event_loop_lag_seconds", "How late the event loop ran a timer, last sample.",
-            registry=r, multiprocess_mode="max")
+            registry=r, multiprocess_mode="livemax")
+        self.state_available = Gauge(
+            "sluicegate_state_available",
+            "1 while shared state (Redis) answers, 0 while degraded (state.on_unavailable applies); "
+            "always 1 with the memory backend.",
+            registry=r, multiprocess_mode="livemin")
         self.usage_dropped = Counter(
             "sluicegate_usage_records_dropped", "Usage records not written, by reason (queue_full, ...).",
             ["reason"], registry=r)
@@ -77,3 +90,33 @@ class Metrics:
             "sluicegate_gateway_overhead_seconds",
             "Time spent in the gateway from request arrival until the upstream request was sent.",
             buckets=OVERHEAD_BUCKETS, registry=r)
+
+    def exposition_registry(self) -> CollectorRegistry:
+        """What /metrics collects from: this process's registry, or with several workers a registry that merges
+        every worker's files (built per scrape, as prometheus-client's multiprocess mode requires)."""
+        directory = multiprocess_dir()
+        if directory is None:
+            return self.registry
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=directory)  # type: ignore[no-untyped-call]
+        return merged
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get(MULTIPROC_DIR_ENV) or None
+
+
+def enable_multiprocess(directory: str) -> None:
+    """Switch this process, and the workers it forks later, to multiprocess metrics written under `directory`.
+
+    Call it in the master before any metric is created. prometheus-client picks its value class when it is first
+    imported, which may already have happened, so the class is switched here as well as the environment."""
+    os.environ[MULTIPROC_DIR_ENV] = directory
+    values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+
+
+def mark_worker_dead(pid: int) -> None:
+    """Forget a worker's live gauges (its streams in flight are gone); its counters stay in the sums."""
+    directory = multiprocess_dir()
+    if directory is not None:
+        multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
