@@ -292,6 +292,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="YAML merged into the gateway config",
     )
     p.add_argument("--label", default="", help="free text for the markdown heading")
+    p.add_argument("--bare-proxy", action="store_true",
+                   help="run benchmarks/bare_proxy.py (a featureless aiohttp proxy) in place of the gateway: the floor")
     p.add_argument("--json-out", type=Path, default=None, metavar="FILE", help="also write every raw result here")
     p.add_argument("--python", default=sys.executable, help="interpreter for the subprocesses")
     args = p.parse_args(argv)
@@ -315,6 +317,8 @@ def measure(args: argparse.Namespace, children: list[Child], tmp: Path) -> Runs:
     config_path = tmp / "sluicegate.yaml"
     config_path.write_text(yaml.safe_dump(gateway_config(mock_url, args.gateway_config_extra)))
     serve = [args.python, "-m", "sluicegate", "serve", "--config", str(config_path)]
+    if args.bare_proxy:
+        serve = [args.python, str(Path(__file__).with_name("bare_proxy.py")), mock_url]
     gateway = Child("gateway", serve, GATEWAY_READY)
     children.append(gateway)
     gateway_url = gateway.wait_ready(args.ready_timeout)

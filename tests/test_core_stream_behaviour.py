@@ -4,6 +4,7 @@ heartbeats, byte-exact pass-through of recorded provider streams, SSE headers, r
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 from collections.abc import Iterator
@@ -45,7 +46,7 @@ async def test_no_buffering_tokens_arrive_paced(gateway: Proc) -> None:
             for event in decoder.feed(chunk):
                 if '"content":"' in event.data and '"content":""' not in event.data:
                     arrivals.append(now)
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert len(arrivals) == 6
     # 100 ms apart at the upstream: each must arrive on its own, not in a burst at the end.
     assert all(gap > 0.05 for gap in gaps), gaps

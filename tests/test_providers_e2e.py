@@ -22,7 +22,8 @@ FORMATS = ["anthropic", "gemini", "gemini-array", "bedrock", "ollama"]
 PROVIDER = {"anthropic": "anthropic", "gemini": "gemini", "gemini-array": "gemini", "bedrock": "bedrock",
             "ollama": "ollama"}
 API_PATH = {"anthropic": "/v1", "gemini": "/v1beta", "gemini-array": "/v1beta", "bedrock": "", "ollama": ""}
-AWS_ENV = {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "test-secret", "AWS_DEFAULT_REGION": "us-east-1",
+AWS_ENV = {"AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "test-secret",
+           "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_CONFIG_FILE": "/nonexistent", "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent",
            "AWS_EC2_METADATA_DISABLED": "true"}
 TEXT = "Translated streams must reassemble into exactly these words, spaces and all."

@@ -4,6 +4,7 @@ distinct in metrics and in what the client sees, the upstream is closed, and the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import time
 import uuid
@@ -54,7 +55,7 @@ async def test_first_chunk_deadline_before_headers_is_504(gateway: Proc, mock_up
     t = uuid.uuid4().hex
     before = outcome_count(gateway, "timeout_first_chunk")
     started = time.monotonic()
-    status, headers, raw = await post(gateway.url, body(tag=t, headers_delay=5))
+    status, _headers, raw = await post(gateway.url, body(tag=t, headers_delay=5))
     assert status == 504
     assert b'"code":"timeout_first_chunk"' in raw
     assert 0.4 < time.monotonic() - started < 3
@@ -115,10 +116,8 @@ async def test_connect_deadline() -> None:
     for _ in range(8):
         s = socket.socket()
         s.setblocking(False)
-        try:
+        with contextlib.suppress(BlockingIOError):
             s.connect(("127.0.0.1", port))
-        except BlockingIOError:
-            pass
         fillers.append(s)
     await asyncio.sleep(0.2)
     proc = start_gateway(one_model(f"http://127.0.0.1:{port}/v1", retry={"attempts": 1}, timeouts=TIMEOUTS))

@@ -81,8 +81,9 @@ def test_crlf_split_across_reads_is_one_line_end() -> None:
 # --- split invariance -----------------------------------------------------------------------------------------------
 line_end = st.sampled_from([b"\n", b"\r\n", b"\r"])
 field_line = st.one_of(
-    st.builds(lambda v: b"data: " + v, st.text(alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=20)
-              .map(str.encode)),
+    st.builds(lambda v: b"data: " + v, st.text(
+        alphabet=st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)), max_size=20,
+    ).map(str.encode)),
     st.builds(lambda v: b"event: " + v, st.sampled_from([b"message", b"error", b"response.created"])),
     st.just(b": ping"),
     st.just(b"id: 42"),

@@ -7,32 +7,30 @@ import sys
 from collections.abc import Sequence
 
 from sluicegate import __version__
-from sluicegate.config.loader import ConfigError, default_config, load_config
-from sluicegate.config.schema import Config
-
-
-def _load(path: str | None) -> Config:
-    return load_config(path) if path else default_config()
+from sluicegate.config.loader import ConfigError, load_config
 
 
 def _serve(args: argparse.Namespace) -> int:
-    try:
-        config = _load(args.config)
-    except ConfigError as exc:
-        print(f"sluicegate: {exc}", file=sys.stderr)
-        return 2
-    overrides = {}
+    from sluicegate.server.run import ConfigSource, config_error_message, run
+
+    overrides: dict[str, object] = {}
     if args.host is not None:
         overrides["host"] = args.host
     if args.port is not None:
         overrides["port"] = args.port
     if args.workers is not None:
+        if args.workers < 1:
+            print("sluicegate: --workers must be at least 1", file=sys.stderr)
+            return 2
         overrides["workers"] = args.workers
-    if overrides:
-        config = config.model_copy(update={"server": config.server.model_copy(update=overrides)})
-    from sluicegate.server.run import run
-
-    return run(config)
+    # The source is read again on SIGHUP (with the same overrides).
+    source = ConfigSource(args.config, overrides)
+    try:
+        config = source.load()
+    except ConfigError as exc:
+        print(config_error_message(exc), file=sys.stderr)
+        return 2
+    return run(config, source)
 
 
 def _check_config(args: argparse.Namespace) -> int:
@@ -55,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--config", "-c", help="path to sluicegate.yaml")
     serve.add_argument("--host", help="override server.host")
     serve.add_argument("--port", type=int, help="override server.port (0 = pick a free port)")
-    serve.add_argument("--workers", type=int, help="override server.workers")
+    serve.add_argument("--workers", type=int,
+                       help="override server.workers (> 1: that many processes on one port, through gunicorn)")
     serve.set_defaults(func=_serve)
 
     check = sub.add_parser("check-config", help="validate a config file and print every problem found")

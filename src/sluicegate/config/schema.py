@@ -169,6 +169,7 @@ class ServerConfig(Strict):
     client_write_buffer: int = Field(default=8 * 1024, ge=1024)  # client transport high-water mark
     max_event_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     shutdown_grace: Duration = 30.0
+    metrics: bool = True  # false: /metrics still answers, but requests are not counted (for A/B benchmarks)
 
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")

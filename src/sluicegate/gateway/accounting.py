@@ -54,8 +54,9 @@ def annotate(error: GatewayError, record: RequestRecord) -> GatewayError:
 
 class Accountant:
     def __init__(self, metrics: Metrics, live: LiveStats | None = None, usage: UsageRecorder | None = None,
-                 *, access_log_enabled: bool = True) -> None:
+                 *, access_log_enabled: bool = True, metrics_enabled: bool = True) -> None:
         self.metrics = metrics
+        self.metrics_enabled = metrics_enabled
         self.live = live
         self.usage = usage
         self.access_log_enabled = access_log_enabled
@@ -78,7 +79,8 @@ class Accountant:
         itl_p50 = gaps.quantile(0.5)
         itl_p95 = gaps.quantile(0.95)
         itl_p99 = gaps.quantile(0.99) if self.live is not None else None
-        self._metrics(record)
+        if self.metrics_enabled:
+            self._metrics(record)
         usage = record.usage
         completion = usage.completion_tokens if usage is not None else None
         if self.live is not None:

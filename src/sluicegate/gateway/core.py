@@ -138,7 +138,7 @@ class Gateway:
             rate = None
             if model.max_events_per_second or model.max_bytes_per_second:
                 rate = StreamRateLimiter(model.max_events_per_second, model.max_bytes_per_second, now)
-                rate.delay(codec.events, len(start.first), now)  # the first batch went out at once; it still counts
+                rate.delay(start.first, now)  # the first batch went out at once; it still counts
             assert start.call.response is not None
             content = start.call.response.content
             read_size = server.upstream_read_buffer

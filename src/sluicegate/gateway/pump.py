@@ -59,7 +59,7 @@ async def pump(
             observe(now - last_event)
             last_event = now
             if rate is not None:
-                delay = rate.delay(codec.events, len(out), now)
+                delay = rate.delay(out, now)
                 if delay > 0.0:
                     await asyncio.sleep(delay)
                     deadlines.last_upstream = clock()  # our own throttling is not upstream silence

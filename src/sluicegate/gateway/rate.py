@@ -4,7 +4,7 @@ from __future__ import annotations
 
 
 class StreamRateLimiter:
-    __slots__ = ("_byte_tokens", "_bytes_per_s", "_event_tokens", "_events_per_s", "_last", "_last_events")
+    __slots__ = ("_byte_tokens", "_bytes_per_s", "_event_tokens", "_events_per_s", "_last")
 
     def __init__(self, events_per_second: float, bytes_per_second: float, now: float) -> None:
         self._events_per_s = events_per_second
@@ -13,14 +13,13 @@ class StreamRateLimiter:
         self._event_tokens = events_per_second
         self._byte_tokens = bytes_per_second
         self._last = now
-        self._last_events = 0
 
-    def delay(self, events_total: int, nbytes: int, now: float) -> float:
-        """Charge this batch and return how long to wait before sending it (0.0 = now)."""
+    def delay(self, batch: bytes, now: float) -> float:
+        """Charge this batch of SSE events and return how long to wait before sending it (0.0 = now)."""
         elapsed = now - self._last
         self._last = now
-        events = events_total - self._last_events
-        self._last_events = events_total
+        events = batch.count(b"\n\n") or 1
+        nbytes = len(batch)
         wait = 0.0
         if self._events_per_s:
             self._event_tokens = min(self._events_per_s, self._event_tokens + elapsed * self._events_per_s) - events

@@ -44,11 +44,6 @@ class StreamCodec(Protocol):
     usage: Usage | None
     finish_reason: str | None
 
-    @property
-    def events(self) -> int:
-        """Events seen so far (for per-stream event-rate caps)."""
-        ...
-
     def feed(self, data: bytes) -> bytes: ...
 
     def finish(self) -> bytes:

@@ -19,7 +19,7 @@ from sluicegate.wire.sse import SSEDecoder, SSEFrameSplitter, encode_event
 
 # Raw JSON keys cannot occur inside an encoded string value (its quotes are escaped), so a match is structural.
 _INTERESTING = re.compile(
-    rb'"usage"\s*:\s*\{|"error"\s*:\s*[{"]|"type"\s*:\s*"(?:error|response\.failed)"|"finish_reason"\s*:\s*"'
+    rb'"(?:usage"\s*:\s*\{|error"\s*:\s*[{"]|type"\s*:\s*"(?:error|response\.failed)"|finish_reason"\s*:\s*")'
 )
 _EVENT_END = re.compile(rb"(?:\r\n|\r(?!\n)|\n)(?:\r\n|\r(?!\n)|\n)")
 _decode = msgspec.json.Decoder()
@@ -80,10 +80,6 @@ class OpenAIPassthroughCodec:
         self.first_error: UpstreamEventError | None = None
         self.usage: Usage | None = None
         self.finish_reason: str | None = None
-
-    @property
-    def events(self) -> int:
-        return self._splitter.events
 
     def feed(self, data: bytes) -> bytes:
         out = self._splitter.feed(data)

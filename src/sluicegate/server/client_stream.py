@@ -68,15 +68,22 @@ class AiohttpClientStream:
         return writer
 
     def _commit(self) -> asyncio.Task[StreamWriter]:
+        """Commit from a heartbeat (a timer callback, which cannot await): prepare in a task."""
         self.committed = True
         self._prepare = self._loop.create_task(self._do_prepare())
         return self._prepare
+
+    async def _prepared(self) -> StreamWriter:
+        if self._prepare is not None:
+            return await self._prepare
+        self.committed = True
+        return await self._do_prepare()
 
     async def write(self, data: bytes) -> None:
         writer = self._writer
         try:
             if writer is None:
-                writer = await (self._prepare or self._commit())
+                writer = await self._prepared()
             await writer.write(data, drain=False)
         except (ConnectionError, ClientConnectionResetError, RuntimeError) as exc:
             raise ClientGone(str(exc)) from None
@@ -97,6 +104,8 @@ class AiohttpClientStream:
         return self._sha.hexdigest()
 
     def heartbeat(self) -> None:
+        if self._writer is None and self.committed and self._prepare is None:
+            return  # the first write is preparing the response right now; a ping can wait for the next interval
         if self._writer is not None and self._protocol.writing_paused:
             return
         task = self._loop.create_task(self._write_quietly(PING_COMMENT))
@@ -104,6 +113,8 @@ class AiohttpClientStream:
 
     async def _write_quietly(self, data: bytes) -> None:
         writer = self._writer or await (self._prepare or self._commit())
+        if writer is None:
+            return
         with contextlib.suppress(ConnectionError, ClientConnectionResetError, RuntimeError):
             await writer.write(data, drain=False)
             self.bytes_sent += len(data)

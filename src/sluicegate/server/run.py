@@ -18,6 +18,7 @@ import socket
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import web
 
@@ -165,7 +166,8 @@ class SingleProcessServer:
         stopping = asyncio.gather(self.current.cleanup(), *self.retiring.values(), return_exceptions=True)
         while not stopping.done():
             next_signal = asyncio.ensure_future(self.signals.get())
-            await asyncio.wait([stopping, next_signal], return_when=asyncio.FIRST_COMPLETED)
+            waiting: list[asyncio.Future[Any]] = [stopping, next_signal]
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             if next_signal.done() and next_signal.result() != signal.SIGHUP:
                 log.warning("second stop signal: ending requests in flight now")
                 for runner in runners:
