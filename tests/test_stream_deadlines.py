@@ -181,3 +181,20 @@ async def test_heartbeat_before_first_chunk_commits_and_keeps_connection_alive(m
         assert rest and raw.rstrip().endswith(b"data: [DONE]")
     finally:
         proc.stop()
+
+
+async def test_failure_after_pre_first_chunk_heartbeats_is_an_error_event(mock_upstream: Proc) -> None:
+    """Pings committed the response (200): a later first-chunk timeout must still reach the client, as an event."""
+    config = one_model(f"{mock_upstream.url}/v1", retry={"attempts": 1}, heartbeat_interval="200ms",
+                       heartbeat_before_first_chunk=True, timeouts={"first_chunk": "800ms"})
+    proc = start_gateway(config)
+    try:
+        status, _, raw = await post(proc.url, body(first_delay=5))
+        assert status == 200
+        assert raw.count(b": ping\n\n") >= 2
+        events = SSEDecoder().feed(raw)
+        assert len(events) == 1 and '"timeout_first_chunk"' in events[0].data and '"error"' in events[0].data
+        assert b"[DONE]" not in raw
+        assert metric(proc.url, "sluicegate_streams_total", outcome="timeout_first_chunk") == 1
+    finally:
+        proc.stop()

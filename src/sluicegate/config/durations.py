@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -15,6 +16,8 @@ def parse_duration(value: object) -> float:
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("a duration cannot be negative")
+        if not math.isfinite(value):
+            raise ValueError("a duration must be a finite number of seconds")
         return float(value)
     if isinstance(value, str):
         text = value.strip().replace(" ", "")
@@ -32,5 +35,7 @@ def parse_duration(value: object) -> float:
                 raise ValueError("expected a duration such as 250ms, 5s, 30m, 1h or 1m30s") from None
         if seconds < 0:
             raise ValueError("a duration cannot be negative")
+        if not math.isfinite(seconds):
+            raise ValueError("a duration must be a finite number of seconds")
         return seconds
     raise ValueError("expected a duration such as 250ms, 5s, 30m or 1h")

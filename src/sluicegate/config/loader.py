@@ -40,6 +40,15 @@ def _is_secret(loc: tuple[int | str, ...]) -> bool:
     return any(isinstance(p, str) and p in _SECRET_KEYS for p in loc)
 
 
+def _yaml_on_key(tree: Any) -> Any:
+    """YAML 1.1 reads the bare key `on` (as in `retry: {on: [...]}`) as the boolean true; give it its name back."""
+    if isinstance(tree, dict):
+        return {("on" if k is True else k): _yaml_on_key(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [_yaml_on_key(v) for v in tree]
+    return tree
+
+
 def expand_env(tree: Any, env: Mapping[str, str], loc: tuple[int | str, ...] = ()) -> Any:
     """Replace ${VAR} and ${VAR:-default} in every string; `$$` is a literal `$`. Unset VAR without default: error."""
     if isinstance(tree, dict):
@@ -150,7 +159,7 @@ def load_config(path: str | Path, env: Mapping[str, str] | None = None) -> Confi
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"{where}not valid YAML: {problem}"], source) from None
-    return parse_config(tree, env, source)
+    return parse_config(_yaml_on_key(tree), env, source)
 
 
 def default_config(env: Mapping[str, str] | None = None) -> Config:

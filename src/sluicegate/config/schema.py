@@ -227,6 +227,13 @@ class StateConfig(Strict):
     backend: Literal["memory", "redis"] = "memory"
     redis_url: str | None = None
     lease_ttl: Duration = 15.0
+
+    @field_validator("lease_ttl")
+    @classmethod
+    def _positive_ttl(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be more than 0 (e.g. 15s)")
+        return value
     on_unavailable: Literal["fail_open", "fail_closed"] = "fail_open"
     expected_instances: int = Field(default=1, ge=1)
     key_prefix: str = "sluicegate:"
@@ -244,6 +251,21 @@ class UsageConfig(Strict):
     max_queue: int = Field(default=10_000, ge=1)
     batch_size: int = Field(default=500, ge=1)
     flush_interval: Duration = 0.5
+
+    @field_validator("flush_interval")
+    @classmethod
+    def _positive_flush(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError("must be more than 0 (e.g. 500ms)")
+        return value
+
+    @field_validator("dsn")
+    @classmethod
+    def _dsn(cls, value: str) -> str:
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        if scheme not in ("", "sqlite", "postgres", "postgresql"):
+            raise ValueError("must be a SQLite file path (or sqlite:///path) or a postgresql://user@host/db URL")
+        return value
 
 
 class LogConfig(Strict):
@@ -267,8 +289,23 @@ class Config(Strict):
             if name in seen:
                 raise ValueError(f"models[{index}].name: {name!r} is defined twice; model names must be unique")
             seen.add(name)
+        labels: dict[str, tuple[str, DeploymentConfig]] = {}
         for index, model in enumerate(self.models):
+            for position, deployment in enumerate(model.deployments):
+                label = deployment.label()
+                where = f"models[{index}].deployments[{position}]"
+                seen_at = labels.get(label)
+                # The same deployment may serve several models; two different ones may not share a name.
+                if seen_at is not None and (seen_at[1] != deployment or seen_at[0].startswith(f"models[{index}]")):
+                    raise ValueError(
+                        f"{where}: its name {label!r} is also used by {seen_at[0]}; deployments share caps, "
+                        "cooldowns and metrics by name, so give each one its own `name`"
+                    )
+                labels[label] = (where, deployment)
             for fallback in model.fallbacks:
+                if "*" in fallback:
+                    raise ValueError(f"models[{index}].fallbacks: {fallback!r} is a wildcard; a fallback must name "
+                                     "one model")
                 if fallback not in seen:
                     raise ValueError(
                         f"models[{index}].fallbacks: {fallback!r} is not a model defined in this file "

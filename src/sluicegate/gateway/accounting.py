@@ -114,7 +114,7 @@ class Accountant:
             if record.bytes_sent:
                 metrics.bytes_streamed.labels(model).inc(record.bytes_sent)
             record.gaps.flush_into(metrics.inter_token.labels(model))
-        if record.ttft is not None:
+        if req.stream and record.ttft is not None:
             metrics.ttft.labels(model).observe(record.ttft)
         usage = record.usage
         if usage is not None:

@@ -85,7 +85,7 @@ class Admission:
         self.max_streams = max_streams
 
     async def _acquire(self, backend: StateBackend, key: str, cap: int, holder: str, wait: float,
-                       scope: str, name: str) -> bool:
+                       scope: str, name: str, *, count: bool = True) -> bool:
         try:
             ok = await backend.acquire_slot(key, cap, holder, max(0.0, wait))
         except asyncio.CancelledError:
@@ -96,7 +96,7 @@ class Admission:
             raise GatewayError(503, "Shared admission state (Redis) is unavailable; retry shortly.",
                                type="server_error", code="state_unavailable", outcome=Outcome.REJECTED,
                                retry_after=RETRY_AFTER_FULL) from None
-        if not ok:
+        if not ok and count:
             self.metrics.rejections.labels(scope, name, "queue_timeout").inc()
         return ok
 
@@ -110,6 +110,7 @@ class Admission:
                 try:
                     allowed, retry_after = await self.state.hit_rate(f"rpm:{key.name}", key.rpm, 60.0)
                 except StateUnavailable:
+                    self.metrics.rejections.labels("key", key.name, "state_unavailable").inc()
                     raise GatewayError(503, "Shared rate-limit state (Redis) is unavailable; retry shortly.",
                                        type="server_error", code="state_unavailable", outcome=Outcome.REJECTED,
                                        retry_after=RETRY_AFTER_FULL) from None
@@ -136,5 +137,7 @@ class Admission:
             raise
         return slots
 
-    async def acquire_deployment(self, label: str, cap: int, holder: str, wait: float) -> bool:
-        return await self._acquire(self.state, f"deployment:{label}", cap, holder, wait, "deployment", label)
+    async def acquire_deployment(self, label: str, cap: int, holder: str, wait: float, *, count: bool = True) -> bool:
+        """count=False: a probe that may be retried; the caller counts the request's rejection once."""
+        return await self._acquire(self.state, f"deployment:{label}", cap, holder, wait, "deployment", label,
+                                   count=count)

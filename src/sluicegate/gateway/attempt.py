@@ -78,13 +78,13 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 async def send(
-    session: aiohttp.ClientSession, req: GatewayRequest, deployment: Deployment, matched: str, metrics: Metrics,
+    session: aiohttp.ClientSession, req: GatewayRequest, deployment: Deployment, upstream_model: str, metrics: Metrics,
     read_bufsize: int, on_close: Callable[[], None],
 ) -> UpstreamCall:
     """Connect and send; on return the response status and headers are in. Non-200 -> AttemptFailed.
     `on_close` runs once when the call is closed (it releases the deployment slot)."""
     adapter = deployment.adapter
-    upstream = adapter.build_request(req, deployment.config, deployment.upstream_model(matched, req.model))
+    upstream = adapter.build_request(req, deployment.config, upstream_model)
     call = UpstreamCall(deployment, metrics, on_close)
     if not req.first_sent:
         req.first_sent = asyncio.get_running_loop().time()

@@ -38,6 +38,9 @@ from sluicegate.wire.errors import WireError
 
 log = logging.getLogger("sluicegate.gateway")
 
+BUDGET_GAUGE_INTERVAL = 1.0
+
+
 class Gateway:
     def __init__(self, config: Config, metrics: Metrics, state: StateBackend, *,
                  demo_api_base: str | None = None, accountant: Accountant | None = None) -> None:
@@ -53,6 +56,7 @@ class Gateway:
         server = config.server
         self.limits = PumpLimits(server.chunks_per_yield, server.bytes_per_yield)
         self.session: aiohttp.ClientSession | None = None
+        self._budget_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, socket_factory=self._upstream_socket)
@@ -60,6 +64,15 @@ class Gateway:
             connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
         )
         self.lag.start()
+        self._budget_task = asyncio.get_running_loop().create_task(self._publish_budgets())
+
+    async def _publish_budgets(self) -> None:
+        """sluicegate_retry_budget_available, refreshed once a second (not per request)."""
+        while True:
+            for pool in self.router.pools:
+                with contextlib.suppress(Exception):  # a state outage must not end the loop; it is visible elsewhere
+                    await self.retry.publish_budget(pool)
+            await asyncio.sleep(BUDGET_GAUGE_INTERVAL)
 
     def _upstream_socket(self, addr_info: AddrInfoType) -> socket.socket:
         family, type_, proto, _, _ = addr_info
@@ -73,6 +86,10 @@ class Gateway:
 
     async def close(self) -> None:
         self.lag.stop()
+        if self._budget_task is not None:
+            self._budget_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._budget_task
         if self.session is not None:
             await self.session.close()
 
@@ -123,13 +140,14 @@ class Gateway:
             deadlines.start(req.arrived, total=model.timeouts.total)
             slots = await self.admission.admit(req.id, key, self._queue_timeout(route))
 
-            async def attempt(deployment: Deployment, matched: str, on_close: Callable[[], None]) -> StreamStart:
-                return await self._attempt_stream(req, deployment, matched, on_close, deadlines)
+            async def attempt(deployment: Deployment, upstream_model: str, on_close: Callable[[], None]) -> StreamStart:
+                return await self._attempt_stream(req, deployment, upstream_model, on_close, deadlines)
 
             start = await self.retry.run(req, route, record, slots, self._queue_timeout(route), attempt, deadlines)
             record.deployment = start.call.deployment.label
             client.headers["x-sluicegate-deployment"] = record.deployment
             client.headers["x-sluicegate-attempts"] = str(record.attempts)
+            deadlines.adopt(start.call.deployment.timeouts, req.arrived)
             await client.write(start.first)
             now = loop.time()
             record.ttft = now - req.arrived
@@ -164,11 +182,12 @@ class Gateway:
                 raise
             record.outcome = fired
             self.metrics.deadline_hits.labels(model.name, fired.value).inc()
-            error = deadline_error(fired, model)
+            error = deadline_error(fired, start.call.deployment.timeouts if start is not None else model.timeouts)
             if not client.committed:
                 record.status = 504
                 raise annotate(error, record) from None
-            await self._end_with_error(client, start, error, clean=fired is not Outcome.WRITE_STALL)
+            await self._end_with_error(client, start, error, clean=fired is not Outcome.WRITE_STALL, route=route,
+                                       req=req)
         except ClientGone:
             record.outcome = Outcome.CLIENT_DISCONNECTED
             record.client_disconnected = True
@@ -179,7 +198,7 @@ class Gateway:
             if not client.committed:
                 record.status = error.status
                 raise annotate(error, record) from None
-            await self._end_with_error(client, start, error, clean=True)
+            await self._end_with_error(client, start, error, clean=True, route=route, req=req)
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError, WireError) as exc:
             # The upstream broke after the stream was committed.
             record.outcome = Outcome.UPSTREAM_ERROR
@@ -187,6 +206,7 @@ class Gateway:
                 f"The upstream sent a malformed stream: {exc}")
             code = "upstream_reset" if not isinstance(exc, WireError) else "upstream_malformed"
             await self._end_with_error(client, start, GatewayError(502, message, type="upstream_error", code=code),
+                                       route=route, req=req,
                                        clean=True)
         finally:
             deadlines.stop()
@@ -202,19 +222,26 @@ class Gateway:
         return record
 
     async def _end_with_error(self, client: ClientStream, start: StreamStart | None, error: GatewayError,
-                              *, clean: bool) -> None:
-        event = start.codec.error_event(error.code or "error", error.message) if start is not None else b""
+                              *, clean: bool, route: Route | None = None, req: GatewayRequest | None = None) -> None:
+        if start is not None:
+            codec = start.codec
+        else:
+            # Committed by a heartbeat before any attempt produced an event: the client's format comes from the
+            # adapter the model would have used.
+            assert route is not None and req is not None
+            codec = route.pool.deployments[0].adapter.stream_codec(req, self.config.server.max_event_bytes)
+        event = codec.error_event(error.code or "error", error.message)
         with contextlib.suppress(ClientGone):
             await client.end(event, clean=clean)
 
-    async def _attempt_stream(self, req: GatewayRequest, deployment: Deployment, matched: str,
+    async def _attempt_stream(self, req: GatewayRequest, deployment: Deployment, upstream_model: str,
                               on_close: Callable[[], None], deadlines: StreamDeadlines) -> StreamStart:
         loop = asyncio.get_running_loop()
         sent_at = loop.time()
         deadlines.waiting_for_first_chunk(sent_at, deployment.timeouts.first_chunk)
         server = self.config.server
         assert self.session is not None
-        call = await send(self.session, req, deployment, matched, self.metrics, server.upstream_read_buffer, on_close)
+        call = await send(self.session, req, deployment, upstream_model, self.metrics, server.upstream_read_buffer, on_close)
         start = await read_first_event(call, req, server.max_event_bytes, server.upstream_read_buffer)
         seconds = loop.time() - sent_at
         deployment.observe_ttft(seconds)
@@ -233,8 +260,8 @@ class Gateway:
             self._shed_check(record)
             slots = await self.admission.admit(req.id, key, self._queue_timeout(route))
 
-            async def attempt(deployment: Deployment, matched: str, on_close: Callable[[], None]) -> NonStreamResult:
-                return await self._attempt_complete(req, deployment, matched, on_close)
+            async def attempt(deployment: Deployment, upstream_model: str, on_close: Callable[[], None]) -> NonStreamResult:
+                return await self._attempt_complete(req, deployment, upstream_model, on_close)
 
             try:
                 async with asyncio.timeout(model.timeouts.request):
@@ -267,10 +294,10 @@ class Gateway:
             record.ended = loop.time()
             self.accountant.finish(record)
 
-    async def _attempt_complete(self, req: GatewayRequest, deployment: Deployment, matched: str,
+    async def _attempt_complete(self, req: GatewayRequest, deployment: Deployment, upstream_model: str,
                                 on_close: Callable[[], None]) -> NonStreamResult:
         assert self.session is not None
-        call: UpstreamCall = await send(self.session, req, deployment, matched, self.metrics,
+        call: UpstreamCall = await send(self.session, req, deployment, upstream_model, self.metrics,
                                         self.config.server.upstream_read_buffer, on_close)
         try:
             body = await read_body(call)

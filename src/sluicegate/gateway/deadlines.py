@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Callable
 from enum import Enum
 
-from sluicegate.config.schema import ModelConfig, TimeoutsConfig
+from sluicegate.config.schema import TimeoutsConfig
 from sluicegate.types import GatewayError, Outcome
 
 _NEVER = float("inf")
@@ -84,6 +84,12 @@ class StreamDeadlines:
         self.phase = Phase.WAITING
         self.first_chunk_at = now + timeout
         self._arm(self._next_wakeup(now))
+
+    def adopt(self, timeouts: TimeoutsConfig, started: float) -> None:
+        """The deployment that won has its own deadlines (per-deployment overrides): use them from now on."""
+        if timeouts is not self._timeouts:
+            self._timeouts = timeouts
+            self._total_at = started + timeouts.total
 
     def streaming(self, now: float) -> None:
         """The first event went out: from now on the idle gap and write stalls are watched."""
@@ -180,14 +186,13 @@ _DEADLINE_MESSAGES = {
 }
 
 
-def _deadline_seconds(outcome: Outcome, model: ModelConfig) -> float:
-    t = model.timeouts
+def _deadline_seconds(outcome: Outcome, t: TimeoutsConfig) -> float:
     return {
         Outcome.TIMEOUT_FIRST_CHUNK: t.first_chunk, Outcome.TIMEOUT_IDLE: t.idle, Outcome.TIMEOUT_TOTAL: t.total,
         Outcome.WRITE_STALL: t.write_stall,
     }.get(outcome, 0.0)
 
 
-def deadline_error(outcome: Outcome, model: ModelConfig) -> GatewayError:
-    message = _DEADLINE_MESSAGES.get(outcome, "A deadline passed ({:g}s).").format(_deadline_seconds(outcome, model))
+def deadline_error(outcome: Outcome, timeouts: TimeoutsConfig) -> GatewayError:
+    message = _DEADLINE_MESSAGES.get(outcome, "A deadline passed ({:g}s).").format(_deadline_seconds(outcome, timeouts))
     return GatewayError(504, message, type="timeout", code=outcome.value, outcome=outcome)

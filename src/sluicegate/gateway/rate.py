@@ -18,7 +18,7 @@ class StreamRateLimiter:
         """Charge this batch of SSE events and return how long to wait before sending it (0.0 = now)."""
         elapsed = now - self._last
         self._last = now
-        events = batch.count(b"\n\n") or 1
+        events = (batch.count(b"\n\n") + batch.count(b"\r\n\r\n")) or 1
         nbytes = len(batch)
         wait = 0.0
         if self._events_per_s:

@@ -25,8 +25,8 @@ from sluicegate.state.base import StateBackend
 from sluicegate.types import GatewayError, GatewayRequest, Outcome
 
 T = TypeVar("T")
-# What an attempt function gets: the deployment, the name to put in the upstream request, and a callback that
-# releases the deployment slot (the attempt's upstream call runs it when it closes).
+# What an attempt function gets: the deployment, the model name to put in the upstream request, and a callback
+# that releases the deployment slot (the attempt's upstream call runs it when it closes).
 Attempt = Callable[[Deployment, str, Callable[[], None]], Awaitable[T]]
 
 WAIT_SLICE = 0.05  # while every deployment is full, re-check the others this often
@@ -56,20 +56,21 @@ class _Run(Generic[T]):
         self.task = task
 
     async def pools(self, route: Route) -> T:
-        pools = [(route.pool, route.matched)]
+        # (pool, what a wildcard matched, the name a deployment without `model` sends upstream)
+        pools = [(route.pool, route.matched, self.req.model)]
         for name in route.pool.config.fallbacks:
             fallback = self.d.router.pool(name)
             if fallback is not None:
-                pools.append((fallback, fallback.name))
-        for position, (pool, matched) in enumerate(pools):
+                pools.append((fallback, fallback.name, fallback.name))
+        for position, (pool, matched, requested) in enumerate(pools):
             try:
-                return await self.pool(pool, matched)
+                return await self.pool(pool, matched, requested)
             except _PoolFailed as failed:
                 if position + 1 == len(pools) or not failed.fallback_worthy:
                     raise failed.error from None
         raise AssertionError("unreachable")
 
-    async def pool(self, pool: ModelPool, matched: str) -> T:
+    async def pool(self, pool: ModelPool, matched: str, requested: str) -> T:
         policy = pool.config.retry
         budget = pool.config.retry_budget
         state = self.d.state
@@ -81,7 +82,10 @@ class _Run(Generic[T]):
                 order = await self.d.selector.order(pool, self.req, tried)
             except GatewayError as cooling:  # everything cooling down
                 raise _PoolFailed(cooling, fallback_worthy=True) from None
-            index = await self.take_slot(pool, order)
+            try:
+                index = await self.take_slot(pool, order)
+            except GatewayError as full:  # every deployment at its cap after the queue deadline
+                raise _PoolFailed(full, fallback_worthy=True) from None
             deployment = pool.deployments[index]
             attempts += 1
             self.record.attempts += 1
@@ -89,9 +93,9 @@ class _Run(Generic[T]):
             try:
                 hedge_after = pool.config.hedge_after
                 if hedge_after is not None and self.deadlines is not None and len(order) > 1:
-                    result, deployment = await self.hedged(pool, order, index, matched, hedge_after)
+                    result, deployment = await self.hedged(pool, order, index, matched, requested, hedge_after)
                 else:
-                    result = await self.one(pool, deployment, matched)
+                    result = await self.one(pool, deployment, deployment.upstream_model(matched, requested))
             except AttemptFailed as failure:
                 condition = failure.condition
                 self.d.metrics.upstream_requests.labels(deployment.label, str(condition)).inc()
@@ -130,21 +134,22 @@ class _Run(Generic[T]):
                 cap = deployment.config.max_concurrent
                 if not cap:
                     return index
-                if await admission.acquire_deployment(deployment.label, cap, self.req.id, 0.0):
+                if await admission.acquire_deployment(deployment.label, cap, self.req.id, 0.0, count=False):
                     self.slots.add(admission.state, f"deployment:{deployment.label}", self.req.id)
                     return index
             remaining = self.queue_deadline - self.loop.time()
             first = pool.deployments[order[0]]
             if remaining <= 0:
+                self.d.metrics.rejections.labels("deployment", first.label, "queue_timeout").inc()
                 raise rejected("deployment", first.label, f"Every deployment of {pool.name!r} is at its "
                                "max_concurrent limit; retry shortly.")
             # Wait on the preferred deployment for a slice, then look at all of them again.
             if await admission.acquire_deployment(first.label, first.config.max_concurrent, self.req.id,
-                                                  min(remaining, WAIT_SLICE)):
+                                                  min(remaining, WAIT_SLICE), count=False):
                 self.slots.add(admission.state, f"deployment:{first.label}", self.req.id)
                 return order[0]
 
-    async def hedged(self, pool: ModelPool, order: list[int], index: int, matched: str,
+    async def hedged(self, pool: ModelPool, order: list[int], index: int, matched: str, requested: str,
                      hedge_after: float) -> tuple[T, Deployment]:
         """Start the attempt; if it has produced no event after `hedge_after`, start a second one on another
         deployment (spending retry budget). The first to produce an event wins; the other is closed."""
@@ -155,7 +160,8 @@ class _Run(Generic[T]):
         def start(deployment: Deployment) -> None:
             slot_key = f"deployment:{deployment.label}"
             releases[deployment] = lambda: self.slots.release(slot_key)
-            tasks[asyncio.ensure_future(self.attempt(deployment, matched, releases[deployment]))] = deployment
+            upstream_model = deployment.upstream_model(matched, requested)
+            tasks[asyncio.ensure_future(self.attempt(deployment, upstream_model, releases[deployment]))] = deployment
 
         start(first)
         try:
@@ -185,7 +191,7 @@ class _Run(Generic[T]):
             deadlines.fired = None
             self.d.metrics.deadline_hits.labels(pool.name, Outcome.TIMEOUT_FIRST_CHUNK.value).inc()
             raise AttemptFailed("timeout_first_chunk", deadline_error(Outcome.TIMEOUT_FIRST_CHUNK,
-                                                                      pool.config)) from None
+                                                                      first.timeouts)) from None
         finally:
             for task, deployment in tasks.items():
                 if not task.done():
@@ -207,7 +213,8 @@ class _Run(Generic[T]):
             if other == index:
                 continue
             cap = deployment.config.max_concurrent
-            if not cap or await self.d.admission.acquire_deployment(deployment.label, cap, self.req.id, 0.0):
+            if not cap or await self.d.admission.acquire_deployment(deployment.label, cap, self.req.id, 0.0,
+                                                                    count=False):
                 if cap:
                     self.slots.add(self.d.admission.state, f"deployment:{deployment.label}", self.req.id)
                 self.record.attempts += 1
@@ -215,14 +222,14 @@ class _Run(Generic[T]):
                 return deployment
         return None
 
-    async def one(self, pool: ModelPool, deployment: Deployment, matched: str) -> T:
+    async def one(self, pool: ModelPool, deployment: Deployment, upstream_model: str) -> T:
         slot_key = f"deployment:{deployment.label}"
 
         def release() -> None:
             self.slots.release(slot_key)
 
         try:
-            return await self.attempt(deployment, matched, release)
+            return await self.attempt(deployment, upstream_model, release)
         except asyncio.CancelledError:
             release()
             deadlines = self.deadlines
@@ -230,7 +237,7 @@ class _Run(Generic[T]):
                 raise
             deadlines.fired = None  # this attempt's deadline; the request may go on with another attempt
             self.d.metrics.deadline_hits.labels(pool.name, Outcome.TIMEOUT_FIRST_CHUNK.value).inc()
-            error = deadline_error(Outcome.TIMEOUT_FIRST_CHUNK, pool.config)
+            error = deadline_error(Outcome.TIMEOUT_FIRST_CHUNK, deployment.timeouts)
             raise AttemptFailed("timeout_first_chunk", error) from None
         except BaseException:
             release()

@@ -71,10 +71,11 @@ class Router:
 
     @staticmethod
     def _deployment(model: ModelConfig, d: DeploymentConfig, demo_api_base: str | None) -> Deployment:
+        label = d.label()  # before the demo's private address is filled in: labels must not change per restart
         api_base = demo_api_base if d.provider == "demo" else d.api_base
         if api_base is not None and d.provider == "demo":
             d = d.model_copy(update={"api_base": api_base})
-        return Deployment(d, adapter_for(d.provider), d.label(), d.timeouts.apply(model.timeouts), api_base)
+        return Deployment(d, adapter_for(d.provider), label, d.timeouts.apply(model.timeouts), api_base)
 
     def pool(self, name: str) -> ModelPool | None:
         return self._exact.get(name)

@@ -66,13 +66,14 @@ def _error_from(obj: dict[str, Any]) -> UpstreamEventError | None:
 
 
 class OpenAIPassthroughCodec:
-    __slots__ = ("_decoder", "_held", "_responses", "_splitter", "_strip_usage", "error", "finish_reason",
+    __slots__ = ("_decoder", "_held", "_last", "_responses", "_splitter", "_strip_usage", "error", "finish_reason",
                  "first_error", "started", "usage")
 
     def __init__(self, endpoint: Endpoint, strip_usage: bool, max_event_bytes: int) -> None:
         self._splitter = SSEFrameSplitter(max_event_bytes)
         self._decoder: SSEDecoder | None = SSEDecoder(max_event_bytes)
         self._held = b""
+        self._last = b""  # the last batch sent: at the end it tells whether the stream was finished properly
         self._responses = endpoint is Endpoint.RESPONSES
         self._strip_usage = strip_usage
         self.started = False
@@ -85,6 +86,7 @@ class OpenAIPassthroughCodec:
         out = self._splitter.feed(data)
         if not out:
             return out
+        self._last = out
         if not self.started:
             return self._first(out)
         if _INTERESTING.search(out) is None:
@@ -151,7 +153,13 @@ class OpenAIPassthroughCodec:
         return True
 
     def finish(self) -> bytes:
-        return self._splitter.flush()
+        """The bytes of an unterminated last event go out as they came. A stream that ended with neither a finish
+        reason nor `[DONE]` was cut short: it is counted as an upstream error (the client gets what was sent)."""
+        tail = self._splitter.flush()
+        if self.error is None and self.finish_reason is None and b"[DONE]" not in self._last + tail:
+            self.error = UpstreamEventError("the upstream ended the stream before it was finished",
+                                            code="upstream_truncated")
+        return tail
 
     def error_event(self, code: str, message: str) -> bytes:
         if self._responses:

@@ -56,6 +56,16 @@ def config_error_message(error: ConfigError) -> str:
     return f"sluicegate: {error}"
 
 
+def keep_restart_only(new: Config, running: Config) -> Config:
+    """`new` with the running server.host, server.port and server.workers (a reload cannot change them)."""
+    changed = [name for name in RESTART_ONLY if getattr(new.server, name) != getattr(running.server, name)]
+    if not changed:
+        return new
+    log.warning("config reload: server.%s changes take effect at the next restart", ", server.".join(changed))
+    kept = {name: getattr(running.server, name) for name in RESTART_ONLY}
+    return new.model_copy(update={"server": new.server.model_copy(update=kept)})
+
+
 def install_uvloop() -> None:
     try:
         import uvloop
@@ -141,12 +151,7 @@ class SingleProcessServer:
             print(config_error_message(error), file=sys.stderr, flush=True)
             log.error("config reload refused; the running config stays")
             return
-        changed = [name for name in RESTART_ONLY
-                   if getattr(config.server, name) != getattr(self.config.server, name)]
-        if changed:
-            log.warning("config reload: server.%s changes take effect at the next restart", ", server.".join(changed))
-            config = config.model_copy(update={"server": config.server.model_copy(
-                update={name: getattr(self.config.server, name) for name in RESTART_ONLY})})
+        config = keep_restart_only(config, self.config)
         try:
             new = await self._start_generation(config)
         except Exception:

@@ -7,6 +7,7 @@ The master (gunicorn's arbiter) binds the port, forks the workers, replaces any 
 - SIGHUP: the master loads and validates the config first. Invalid: the usual message on stderr, nothing changes.
   Valid: gunicorn starts new workers with it and sends SIGTERM to the old ones, which stop accepting and finish
   their requests in flight on the old config (up to shutdown_grace). The port never stops accepting.
+  server.host, server.port and server.workers keep their running values until a restart (as with one process).
 Metrics: before forking, the master points prometheus-client's multiprocess mode at a fresh directory; /metrics
 in any worker merges every worker's files; the live gauges of a worker that exits are dropped. The directory
 is removed when the master exits. Nothing is loaded in the master: each worker opens its own state backend and
@@ -32,7 +33,7 @@ from sluicegate.config.loader import ConfigError
 from sluicegate.config.schema import Config
 from sluicegate.observe.metrics import enable_multiprocess, mark_worker_dead
 from sluicegate.server.draining import END_WAIT, DrainingAppRunner
-from sluicegate.server.run import ConfigSource, build_runner, config_error_message, ready_line
+from sluicegate.server.run import ConfigSource, build_runner, config_error_message, keep_restart_only, ready_line
 
 SHUTDOWN_SLACK = 5.0
 """Seconds the master waits beyond a worker's own drain (grace + END_WAIT) before killing it: app cleanup."""
@@ -107,7 +108,7 @@ class SluicegateArbiter(Arbiter):  # type: ignore[misc]
             print(config_error_message(error), file=sys.stderr, flush=True)
             self.log.error("config reload refused; the running config stays")
             return
-        self.app.config = config
+        self.app.config = keep_restart_only(config, self.app.config)
         super().handle_hup()
 
 
