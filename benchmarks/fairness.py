@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
+import itertools
 import json
 import statistics
 import subprocess
@@ -63,12 +64,13 @@ def probe(port: int, seconds: float, every: float = 0.02) -> list[float]:
 async def paced(url: str, tokens: int, interval: float) -> list[float]:
     arrivals = []
     async with aiohttp.ClientSession() as session, session.post(
-        f"{url}/v1/chat/completions", json={"model": "m", "stream": True, "mock": {"tokens": tokens, "interval": interval}}
+        f"{url}/v1/chat/completions",
+        json={"model": "m", "stream": True, "mock": {"tokens": tokens, "interval": interval}},
     ) as resp:
         while chunk := await resp.content.readany():
             now = time.monotonic()
             arrivals += [now] * (chunk.count(b'"content":"') - chunk.count(b'"content":""'))
-    return [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    return [b - a for a, b in itertools.pairwise(arrivals)]
 
 
 async def phase(url: str, port: int, seconds: float, n_paced: int, firehose: bool) -> dict[str, float]:

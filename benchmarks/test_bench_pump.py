@@ -88,13 +88,25 @@ async def sluicegate_pump(events: list[bytes]) -> None:
     deadlines.stop()
 
 
+async def wait_for_per_read(events: list[bytes]) -> None:
+    """What the deadlines would cost done the obvious way: a wait_for around every read (for comparison only)."""
+    read = reader(events)
+    sink = Sink()
+    codec = OpenAIPassthroughCodec(Endpoint.CHAT, strip_usage=True, max_event_bytes=1 << 22)
+    codec.started = True
+    while data := await asyncio.wait_for(read(), 60.0):
+        out = codec.feed(data)
+        if out:
+            await sink.write(out)
+
+
 @pytest.mark.parametrize("stream", sorted(STREAMS))
-@pytest.mark.parametrize("impl", ["bare_proxy", "sluicegate_pump"])
+@pytest.mark.parametrize("impl", ["bare_proxy", "sluicegate_pump", "wait_for_per_read"])
 def test_pump_per_event(benchmark: Any, impl: str, stream: str) -> None:
     import uvloop
 
     events = STREAMS[stream]
-    fn = {"bare_proxy": bare_proxy, "sluicegate_pump": sluicegate_pump}[impl]
+    fn = {"bare_proxy": bare_proxy, "sluicegate_pump": sluicegate_pump, "wait_for_per_read": wait_for_per_read}[impl]
     loop = uvloop.new_event_loop()
     try:
         benchmark.pedantic(lambda: loop.run_until_complete(fn(events)), rounds=200, warmup_rounds=5)

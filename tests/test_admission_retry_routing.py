@@ -213,6 +213,22 @@ async def test_outage_retries_stay_within_budget(mocks: list[Proc]) -> None:
         proc.stop()
 
 
+async def test_retry_after_is_honoured_for_the_same_deployment(mocks: list[Proc]) -> None:
+    limited = start_mock("--defaults", '{"status": 429, "retry_after": 0.4}')
+    mocks.append(limited)
+    proc = start_gateway(config({"name": "m", "deployments": [deployment(limited.url, "only")],
+                                 "retry": {"attempts": 2, "backoff_initial": "1ms", "backoff_max": "2s"}}))
+    try:
+        started = time.monotonic()
+        status, headers, _ = await chat(proc.url)
+        elapsed = time.monotonic() - started
+        assert status == 429 and headers["x-sluicegate-attempts"] == "2"
+        assert get_json(f"{limited.url}/_mock/stats")["requests"] == 2
+        assert elapsed >= 0.4, elapsed  # waited out the upstream's Retry-After before asking it again
+    finally:
+        proc.stop()
+
+
 # --- routing, cooldown, fallbacks --------------------------------------------------------------------------------
 async def test_cooldown_takes_a_failing_deployment_out_and_a_probe_brings_it_back(mocks: list[Proc]) -> None:
     good = start_mock()
@@ -268,6 +284,8 @@ async def test_routing_strategies(mocks: list[Proc]) -> None:
         {"name": "ttft", "routing": "lowest_ttft",
          "deployments": [deployment(slow.url, "slow"), deployment(fast.url, "fast")]},
         {"name": "rr", "deployments": [deployment(fast.url, "r1"), deployment(fast.url, "r2")]},
+        {"name": "lif", "routing": "least_in_flight",
+         "deployments": [deployment(fast.url, "l1"), deployment(fast.url, "l2")]},
     ))
     try:
         for user in ("alice", "bob", "carol"):
@@ -283,6 +301,12 @@ async def test_routing_strategies(mocks: list[Proc]) -> None:
         rr = Counter([(await chat(proc.url, {"tokens": 1}, model="rr"))[1]["x-sluicegate-deployment"]
                       for _ in range(10)])
         assert rr == Counter({"r1": 5, "r2": 5})
+        busy_task = asyncio.create_task(chat(proc.url, {"tokens": 30, "interval": 0.05}, model="lif"))
+        await asyncio.sleep(0.3)
+        lif = Counter([(await chat(proc.url, {"tokens": 1}, model="lif"))[1]["x-sluicegate-deployment"]
+                       for _ in range(6)])
+        busy = (await busy_task)[1]["x-sluicegate-deployment"]
+        assert lif == Counter({"l1" if busy == "l2" else "l2": 6}), (busy, lif)
     finally:
         proc.stop()
 

@@ -73,7 +73,8 @@ def test_variable_default_and_dollar_escape() -> None:
          "models[0].fallbacks: 'x' is not a model defined in this file"),
         ({"usage": {"dsn": "mysql://db"}}, "usage.dsn: <hidden> is not allowed: must be a SQLite file path"),
         ({"auth": {"keys": [{"name": "k", "key": "short"}]}}, "key is shorter than 8 characters"),
-        ({"auth": {"keys": [{"name": "k", "key_sha256": "abc"}]}}, "auth.keys[0].key_sha256: 'abc' is not allowed: must be 64 hex digits"),
+        ({"auth": {"keys": [{"name": "k", "key_sha256": "abc"}]}},
+         "auth.keys[0].key_sha256: 'abc' is not allowed: must be 64 hex digits"),
         ({"state": {"backend": "redis"}}, "state.redis_url is required when state.backend is redis"),
     ],
 )

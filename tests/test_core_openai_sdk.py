@@ -167,6 +167,7 @@ def test_upstream_reset_mid_stream_becomes_error_event(gateway: Proc) -> None:
     assert "broke mid-stream" in str(info.value)
     assert wait_for(lambda: metric(gateway.url, "sluicegate_streams_total", model="m", outcome="upstream_error")
                     == before + 1, timeout=5)
+    assert wait_for(lambda: metric(gateway.url, "sluicegate_streams_in_flight") == 0, timeout=5)
 
 
 def test_connection_refused_is_502() -> None:

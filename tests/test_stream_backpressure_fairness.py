@@ -182,6 +182,18 @@ async def test_event_rate_cap_slows_a_stream_without_cutting_it(mock_upstream: P
     assert elapsed > 1.0, elapsed
 
 
+async def test_byte_rate_cap_slows_a_stream_without_cutting_it(mock_upstream: Proc) -> None:
+    proc = start_gateway(one_model(f"{mock_upstream.url}/v1", retry={"attempts": 1}, max_bytes_per_second=20_000))
+    try:
+        started = time.monotonic()
+        arrivals = await paced_stream(proc.url, 200, 0.0)  # ~50 KB of events
+        elapsed = time.monotonic() - started
+    finally:
+        proc.stop()
+    assert len(arrivals) == 200
+    assert elapsed > 1.2, elapsed  # 50 KB at 20 KB/s with a one-second burst
+
+
 async def test_event_loop_lag_sheds_new_streams_with_503_and_retry_after(mock_upstream: Proc) -> None:
     proc = start_gateway(one_model(f"{mock_upstream.url}/v1", retry={"attempts": 1}, server={"shed_lag": "200ms"}))
     port = int(proc.url.rsplit(":", 1)[1])
@@ -200,6 +212,7 @@ async def test_event_loop_lag_sheds_new_streams_with_503_and_retry_after(mock_up
         assert body["error"]["code"] == "overloaded"
         assert metric(proc.url, "sluicegate_streams_total", outcome="shed") == 1
         assert metric(proc.url, "sluicegate_concurrency_rejections_total", reason="shed") == 1
+        assert metric(proc.url, "sluicegate_streams_in_flight") == 0
         # Once the lag is gone, streams are admitted again.
         time.sleep(0.3)
         assert get_json(f"{proc.url}/healthz")["status"] == "ok"

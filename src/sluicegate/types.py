@@ -3,6 +3,7 @@ client receives. It sits below `providers` so that adapters and the gateway can 
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -27,6 +28,7 @@ class Outcome(StrEnum):
     TIMEOUT_REQUEST = "timeout_request"
     WRITE_STALL = "write_stall"
     SHED = "shed"
+    SHUTDOWN = "shutdown"  # still running when the drain's grace period (server.shutdown_grace) ended
     REJECTED = "rejected"  # admission said no (cap, rate, auth) before any upstream work
     INVALID = "invalid"  # the request itself was wrong (400/404/413)
 
@@ -48,6 +50,9 @@ class GatewayRequest:
     user: str | None = None
     extra_headers: dict[str, str] = field(default_factory=dict)
     first_sent: float = 0.0  # loop time the first upstream attempt was sent (gateway overhead = this - arrived)
+    # Who holds this request's admission slots: always generated here, never the client's x-request-id, so that a
+    # client reusing one id cannot share one slot between many requests.
+    holder: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 class GatewayError(Exception):

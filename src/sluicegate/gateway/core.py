@@ -29,6 +29,7 @@ from sluicegate.gateway.rate import StreamRateLimiter
 from sluicegate.gateway.retry import RetryDriver
 from sluicegate.gateway.routing import Deployment, Route, Router
 from sluicegate.gateway.selection import Selector
+from sluicegate.gateway.shutdown import cancelled_for_shutdown
 from sluicegate.observe.looplag import LoopLagMonitor
 from sluicegate.observe.metrics import Metrics
 from sluicegate.providers.base import NonStreamResult
@@ -39,6 +40,11 @@ from sluicegate.wire.errors import WireError
 log = logging.getLogger("sluicegate.gateway")
 
 BUDGET_GAUGE_INTERVAL = 1.0
+
+
+def _shutdown_error() -> GatewayError:
+    return GatewayError(503, "The gateway is shutting down; retry the request.", type="server_error",
+                        code="shutdown", outcome=Outcome.SHUTDOWN, retry_after=1.0)
 
 
 class Gateway:
@@ -138,7 +144,7 @@ class Gateway:
         try:
             self._shed_check(record)
             deadlines.start(req.arrived, total=model.timeouts.total)
-            slots = await self.admission.admit(req.id, key, self._queue_timeout(route))
+            slots = await self.admission.admit(req.holder, key, self._queue_timeout(route))
 
             async def attempt(deployment: Deployment, upstream_model: str, on_close: Callable[[], None]) -> StreamStart:
                 return await self._attempt_stream(req, deployment, upstream_model, on_close, deadlines)
@@ -173,6 +179,15 @@ class Gateway:
             deadlines.stop()
             await client.end()
         except asyncio.CancelledError:
+            if cancelled_for_shutdown(task) and task.cancelling() == 1:
+                task.uncancel()
+                record.outcome = Outcome.SHUTDOWN
+                error = _shutdown_error()
+                if not client.committed:
+                    record.status = 503
+                    raise annotate(error, record) from None
+                await self._end_with_error(client, start, error, clean=True, route=route, req=req)
+                return record
             fired = deadlines.fired
             if fired is None or task.uncancel() > 0:
                 record.outcome = Outcome.CLIENT_DISCONNECTED
@@ -241,7 +256,8 @@ class Gateway:
         deadlines.waiting_for_first_chunk(sent_at, deployment.timeouts.first_chunk)
         server = self.config.server
         assert self.session is not None
-        call = await send(self.session, req, deployment, upstream_model, self.metrics, server.upstream_read_buffer, on_close)
+        call = await send(self.session, req, deployment, upstream_model, self.metrics, server.upstream_read_buffer,
+                          on_close)
         start = await read_first_event(call, req, server.max_event_bytes, server.upstream_read_buffer)
         seconds = loop.time() - sent_at
         deployment.observe_ttft(seconds)
@@ -258,9 +274,10 @@ class Gateway:
         slots: Slots | None = None
         try:
             self._shed_check(record)
-            slots = await self.admission.admit(req.id, key, self._queue_timeout(route))
+            slots = await self.admission.admit(req.holder, key, self._queue_timeout(route))
 
-            async def attempt(deployment: Deployment, upstream_model: str, on_close: Callable[[], None]) -> NonStreamResult:
+            async def attempt(deployment: Deployment, upstream_model: str,
+                              on_close: Callable[[], None]) -> NonStreamResult:
                 return await self._attempt_complete(req, deployment, upstream_model, on_close)
 
             try:
@@ -278,6 +295,12 @@ class Gateway:
             record.sha256 = hashlib.sha256(result.body).hexdigest()
             return record, result
         except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and cancelled_for_shutdown(task) and task.cancelling() == 1:
+                task.uncancel()
+                record.outcome = Outcome.SHUTDOWN
+                record.status = 503
+                raise annotate(_shutdown_error(), record) from None
             record.outcome = Outcome.CLIENT_DISCONNECTED
             record.client_disconnected = True
             record.status = 499

@@ -134,8 +134,8 @@ class _Run(Generic[T]):
                 cap = deployment.config.max_concurrent
                 if not cap:
                     return index
-                if await admission.acquire_deployment(deployment.label, cap, self.req.id, 0.0, count=False):
-                    self.slots.add(admission.state, f"deployment:{deployment.label}", self.req.id)
+                if await admission.acquire_deployment(deployment.label, cap, self.req.holder, 0.0, count=False):
+                    self.slots.add(admission.state, f"deployment:{deployment.label}", self.req.holder)
                     return index
             remaining = self.queue_deadline - self.loop.time()
             first = pool.deployments[order[0]]
@@ -144,9 +144,9 @@ class _Run(Generic[T]):
                 raise rejected("deployment", first.label, f"Every deployment of {pool.name!r} is at its "
                                "max_concurrent limit; retry shortly.")
             # Wait on the preferred deployment for a slice, then look at all of them again.
-            if await admission.acquire_deployment(first.label, first.config.max_concurrent, self.req.id,
+            if await admission.acquire_deployment(first.label, first.config.max_concurrent, self.req.holder,
                                                   min(remaining, WAIT_SLICE), count=False):
-                self.slots.add(admission.state, f"deployment:{first.label}", self.req.id)
+                self.slots.add(admission.state, f"deployment:{first.label}", self.req.holder)
                 return order[0]
 
     async def hedged(self, pool: ModelPool, order: list[int], index: int, matched: str, requested: str,
@@ -213,10 +213,10 @@ class _Run(Generic[T]):
             if other == index:
                 continue
             cap = deployment.config.max_concurrent
-            if not cap or await self.d.admission.acquire_deployment(deployment.label, cap, self.req.id, 0.0,
+            if not cap or await self.d.admission.acquire_deployment(deployment.label, cap, self.req.holder, 0.0,
                                                                     count=False):
                 if cap:
-                    self.slots.add(self.d.admission.state, f"deployment:{deployment.label}", self.req.id)
+                    self.slots.add(self.d.admission.state, f"deployment:{deployment.label}", self.req.holder)
                 self.record.attempts += 1
                 self.d.metrics.retries.labels(pool.name, "hedged").inc()
                 return deployment

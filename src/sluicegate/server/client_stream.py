@@ -21,6 +21,12 @@ SSE_HEADERS = {
 }
 
 
+class _EventStreamResponse(web.StreamResponse):
+    # Hold the headers until the first bytes of the body so that headers + first event leave in one write (one
+    # packet, one syscall). aiohttp's own web.Response does the same.
+    _send_headers_immediately = False
+
+
 class AiohttpClientStream:
     __slots__ = (
         "_end_timeout",
@@ -49,7 +55,7 @@ class AiohttpClientStream:
         self._write_buffer_high = write_buffer_high
         self._end_timeout = end_timeout
         self.headers = {**SSE_HEADERS, **headers}  # may be added to until the first write
-        self.response = web.StreamResponse(status=200)
+        self.response: web.StreamResponse = _EventStreamResponse(status=200)
         self.committed = False
         self.bytes_sent = 0
         self.stalled_since = 0.0

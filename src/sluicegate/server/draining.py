@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import hdrs, web
+
+from sluicegate.gateway.shutdown import cancelled_for_shutdown, mark_cancelled_for_shutdown
 
 log = logging.getLogger("sluicegate.server")
 
@@ -32,12 +33,7 @@ HEARTBEAT_INTERVAL = 1.0
 
 SHUTDOWN_CANCEL_MESSAGE = "sluicegate: shutdown grace period over"
 
-_cancelled_for_shutdown: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
-
-
-def cancelled_for_shutdown(task: asyncio.Task[Any] | None) -> bool:
-    """True when `task` was cancelled because the shutdown grace period ran out (not by a client disconnect)."""
-    return task is not None and task in _cancelled_for_shutdown
+__all__ = ["cancelled_for_shutdown"]  # re-exported: the marker itself lives below the gateway layer
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -107,8 +103,8 @@ class ShutdownCoordinator:
         if not self._in_flight:
             return
         log.warning("draining: grace period over; ending %d requests with a shutdown error", len(self._in_flight))
-        for task in self._in_flight:
-            _cancelled_for_shutdown.add(task)
+        for task in list(self._in_flight):
+            mark_cancelled_for_shutdown(task)
             task.cancel(SHUTDOWN_CANCEL_MESSAGE)
         ended = asyncio.Event()
         end_timer = loop.call_later(END_WAIT, ended.set)

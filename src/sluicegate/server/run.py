@@ -12,6 +12,7 @@ shutdown_grace) and closes. An invalid one is refused with the usual message on 
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import signal
 import socket
@@ -190,5 +191,12 @@ def run(config: Config, source: ConfigSource | None = None) -> int:
 
         return run_workers(config, source)
     install_uvloop()
-    asyncio.run(SingleProcessServer(config, source).run())
+    try:
+        asyncio.run(SingleProcessServer(config, source).run())
+    except OSError as error:
+        if error.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+            raise
+        server = config.server
+        print(f"sluicegate: cannot listen on {server.host}:{server.port}: {error.strerror}", file=sys.stderr)
+        return 1
     return 0

@@ -35,8 +35,9 @@ from sluicegate.observe.metrics import enable_multiprocess, mark_worker_dead
 from sluicegate.server.draining import END_WAIT, DrainingAppRunner
 from sluicegate.server.run import ConfigSource, build_runner, config_error_message, keep_restart_only, ready_line
 
-SHUTDOWN_SLACK = 5.0
-"""Seconds the master waits beyond a worker's own drain (grace + END_WAIT) before killing it: app cleanup."""
+SHUTDOWN_SLACK = 15.0
+"""Seconds the master waits beyond a worker's drain (grace + END_WAIT) before killing it: the app's cleanup, which
+includes up to 10 s for the usage recorder to write what is queued."""
 
 WORKER_TIMEOUT = 30
 """A worker whose event loop has not reported for this long is killed and replaced (gunicorn's `timeout`)."""
