@@ -105,23 +105,25 @@ class Accountant:
 
     def _metrics(self, record: RequestRecord) -> None:
         metrics = self.metrics
+        child = metrics.child
         model = record.model
         req = record.req
-        metrics.requests.labels(model, req.endpoint.value, str(record.status)).inc()
+        outcome = record.outcome.value
+        child(metrics.requests, model, req.endpoint.value, str(record.status)).inc()
         if req.stream:
-            metrics.streams.labels(model, record.outcome.value).inc()
-            metrics.stream_duration.labels(model, record.outcome.value).observe(record.duration)
+            child(metrics.streams, model, outcome).inc()
+            child(metrics.stream_duration, model, outcome).observe(record.duration)
             if record.bytes_sent:
-                metrics.bytes_streamed.labels(model).inc(record.bytes_sent)
-            record.gaps.flush_into(metrics.inter_token.labels(model))
-        if req.stream and record.ttft is not None:
-            metrics.ttft.labels(model).observe(record.ttft)
+                child(metrics.bytes_streamed, model).inc(record.bytes_sent)
+            record.gaps.flush_into(child(metrics.inter_token, model))
+            if record.ttft is not None:
+                child(metrics.ttft, model).observe(record.ttft)
         usage = record.usage
         if usage is not None:
             if usage.prompt_tokens:
-                metrics.tokens.labels(model, "prompt").inc(usage.prompt_tokens)
+                child(metrics.tokens, model, "prompt").inc(usage.prompt_tokens)
             if usage.completion_tokens:
-                metrics.tokens.labels(model, "completion").inc(usage.completion_tokens)
+                child(metrics.tokens, model, "completion").inc(usage.completion_tokens)
 
 
 def wall_time() -> float:

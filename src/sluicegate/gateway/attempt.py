@@ -42,7 +42,7 @@ class UpstreamCall:
         self._on_close = on_close
         self._closed = False
         deployment.in_flight += 1
-        metrics.upstream_in_flight.labels(deployment.label).inc()
+        metrics.child(metrics.upstream_in_flight, deployment.label).inc()
 
     def close(self, *, reuse: bool = False) -> None:
         """reuse=True returns a fully read connection to the pool; otherwise the connection is dropped at once,
@@ -52,7 +52,7 @@ class UpstreamCall:
         self._closed = True
         self._on_close()
         self.deployment.in_flight -= 1
-        self._metrics.upstream_in_flight.labels(self.deployment.label).dec()
+        self._metrics.child(self._metrics.upstream_in_flight, self.deployment.label).dec()
         if self.response is not None:
             if reuse:
                 self.response.release()

@@ -135,7 +135,7 @@ class Gateway:
             send_heartbeat=heartbeat, write_stalled_since=lambda: client.stalled_since,
         )
         client.on_stall = deadlines.write_stalled
-        in_flight = self.metrics.streams_in_flight.labels(model.name)
+        in_flight = self.metrics.child(self.metrics.streams_in_flight, model.name)
         in_flight.inc()
         self.accountant.started(record)
         start: StreamStart | None = None
@@ -261,7 +261,7 @@ class Gateway:
         start = await read_first_event(call, req, server.max_event_bytes, server.upstream_read_buffer)
         seconds = loop.time() - sent_at
         deployment.observe_ttft(seconds)
-        self.metrics.upstream_first_chunk.labels(deployment.label).observe(seconds)
+        self.metrics.child(self.metrics.upstream_first_chunk, deployment.label).observe(seconds)
         return start
 
     # --- non-streaming ------------------------------------------------------------------------------------------

@@ -118,7 +118,8 @@ class _Run(Generic[T]):
                 same = len(tried) >= len(pool.deployments)
                 await asyncio.sleep(self.d.backoff(attempts, error, same=same, pool=pool))
                 continue
-            self.d.metrics.upstream_requests.labels(deployment.label, "ok").inc()
+            metrics = self.d.metrics
+            metrics.child(metrics.upstream_requests, deployment.label, "ok").inc()
             if attempts > 1:
                 self.d.metrics.retries.labels(pool.name, "succeeded").inc()
             await self.d.selector.record(pool, deployment, ok=True)

@@ -10,6 +10,7 @@ workers (gauges say how they merge with `multiprocess_mode`; `live*` modes drop 
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
 
@@ -21,8 +22,26 @@ DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
+class LabelledChildren:
+    """`metric.labels(...)` takes a lock and builds tuples on every call; the request path looks children up here.
+    Label values are bounded (config names, fixed sets), so the cache is too."""
+
+    __slots__ = ("_cache",)
+
+    def __init__(self) -> None:
+        self._cache: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def __call__(self, metric: Any, *values: str) -> Any:
+        key = (id(metric), values)
+        found = self._cache.get(key)
+        if found is None:
+            found = self._cache[key] = metric.labels(*values)
+        return found
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.child = LabelledChildren()
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
