@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import random
-from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Generic, TypeVar
 
 from sluicegate.gateway.accounting import RequestRecord
 from sluicegate.gateway.admission import Admission, Slots, rejected
@@ -24,6 +25,7 @@ from sluicegate.observe.metrics import Metrics
 from sluicegate.state.base import StateBackend
 from sluicegate.types import GatewayError, GatewayRequest, Outcome
 
+log = logging.getLogger("sluicegate.retry")
 T = TypeVar("T")
 # What an attempt function gets: the deployment, the model name to put in the upstream request, and a callback
 # that releases the deployment slot (the attempt's upstream call runs it when it closes).
@@ -122,8 +124,11 @@ class _Run(Generic[T]):
             metrics.child(metrics.upstream_requests, deployment.label, "ok").inc()
             if attempts > 1:
                 self.d.metrics.retries.labels(pool.name, "succeeded").inc()
-            await self.d.selector.record(pool, deployment, ok=True)
-            await self.d.selector.remember_sticky(pool, self.req, deployment)
+            # Bookkeeping that may cost a Redis round trip stays off the time-to-first-token path.
+            if deployment.maybe_cooling or deployment.recent_failures:
+                self.d.in_background(self.d.selector.record(pool, deployment, ok=True))
+            if pool.config.routing == "sticky":
+                self.d.in_background(self.d.selector.remember_sticky(pool, self.req, deployment))
             return result
 
     async def take_slot(self, pool: ModelPool, order: list[int]) -> int:
@@ -260,10 +265,21 @@ class RetryDriver:
         self.admission = admission
         self.router = router
         self.selector = selector
+        self._background: set[asyncio.Task[None]] = set()
 
     async def run(self, req: GatewayRequest, route: Route, record: RequestRecord, slots: Slots, queue_timeout: float,
                   attempt: Attempt[T], deadlines: StreamDeadlines | None = None) -> T:
         return await _Run(self, req, record, slots, queue_timeout, attempt, deadlines).pools(route)
+
+    def in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Task[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("background state update failed: %r", task.exception())
 
     async def publish_budget(self, pool: ModelPool) -> None:
         budget = pool.config.retry_budget

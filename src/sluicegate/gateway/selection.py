@@ -4,12 +4,14 @@ single probe brings one back), and deployments this request already tried go las
 from __future__ import annotations
 
 import random
+import time
 
 from sluicegate.gateway.routing import Deployment, ModelPool
 from sluicegate.state.base import StateBackend
 from sluicegate.types import GatewayError, GatewayRequest, Outcome
 
 STICKY_TTL = 3600.0
+HEALTHY_CACHE_TTL = 0.5  # shared state: a deployment seen healthy is not asked about again for this long
 
 
 def cooldown_key(deployment: Deployment) -> str:
@@ -27,25 +29,32 @@ def sticky_identity(req: GatewayRequest) -> str | None:
 class Selector:
     def __init__(self, state: StateBackend, *, shared: bool) -> None:
         self.state = state
-        # With shared state another instance may have started a cooldown: always ask. Locally, the hint suffices.
+        # With shared state another instance may have started a cooldown: ask (a healthy answer is reused for
+        # HEALTHY_CACHE_TTL, so the request path does not pay a Redis round trip per deployment). Locally, the
+        # hint suffices.
         self.shared = shared
+        self._healthy_until: dict[str, float] = {}
 
     async def order(self, pool: ModelPool, req: GatewayRequest, tried: set[int]) -> list[int]:
         """Eligible deployments in the order to try them. Raises 503 when every one is cooling down."""
         eligible: list[int] = []
         soonest = float("inf")
+        now = time.monotonic()
         for index, deployment in enumerate(pool.deployments):
-            if not deployment.maybe_cooling and not self.shared:
+            if not deployment.maybe_cooling and (not self.shared
+                                                 or self._healthy_until.get(deployment.label, 0.0) > now):
                 eligible.append(index)
                 continue
             status = await self.state.cooldown_status(cooldown_key(deployment))
+            if self.shared and status.remaining <= 0 and not status.on_probation:
+                self._healthy_until[deployment.label] = now + HEALTHY_CACHE_TTL
             if status.remaining > 0:
                 soonest = min(soonest, status.remaining)
                 continue
-            if status.on_probation and not await self.state.try_acquire_probe(
-                cooldown_key(deployment), max(pool.config.cooldown, 1.0)
-            ):
-                continue  # another request is the probe
+            if status.on_probation:
+                if not await self.state.try_acquire_probe(cooldown_key(deployment), max(pool.config.cooldown, 1.0)):
+                    continue  # another request is the probe
+                deployment.maybe_cooling = True  # so that this probe's success is recorded and ends the probation
             if not status.on_probation:
                 deployment.maybe_cooling = False
             eligible.append(index)
@@ -93,7 +102,7 @@ class Selector:
         """Feed the cooldown: `allowed_fails` consecutive failures take the deployment out for `cooldown`."""
         key = cooldown_key(deployment)
         if ok:
-            if deployment.maybe_cooling or deployment.recent_failures or self.shared:
+            if deployment.maybe_cooling or deployment.recent_failures:
                 deployment.recent_failures = 0
                 deployment.maybe_cooling = False
                 await self.state.record_success(key)
@@ -101,6 +110,7 @@ class Selector:
         if len(pool.deployments) < 2 and not pool.config.fallbacks:
             return  # nowhere else to send traffic: a lone deployment is never taken out
         deployment.recent_failures += 1
+        self._healthy_until.pop(deployment.label, None)
         failures = await self.state.record_failure(key)
         if failures >= pool.config.allowed_fails:
             deployment.maybe_cooling = True
