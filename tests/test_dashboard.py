@@ -427,3 +427,45 @@ async def test_dashboard_in_headless_chromium_shows_moving_numbers() -> None:
             await feeder
     assert SCREENSHOT.stat().st_size > 10_000
     assert load.started > 0
+
+
+async def test_real_gateway_dashboard_in_headless_chromium_moves_under_load(mock_upstream: Any) -> None:
+    """The same page served by a real gateway process, with numbers driven by real streams through it."""
+    from tests.support.procs import start_gateway
+
+    proc = start_gateway({"models": [{"name": "live-model", "deployments": [
+        {"provider": "openai", "api_base": f"{mock_upstream.url}/v1", "model": "mock-model"}]}]})
+    stop = asyncio.Event()
+
+    async def load() -> None:
+        async with aiohttp.ClientSession() as session:
+            while not stop.is_set():
+                async with session.post(f"{proc.url}/v1/chat/completions", json={
+                        "model": "live-model", "stream": True, "mock": {"tokens": 10, "interval": 0.02}}) as resp:
+                    await resp.read()
+
+    loaders = [asyncio.get_running_loop().create_task(load()) for _ in range(4)]
+    try:
+        async with launch_chromium() as browser:
+            page = await browser.new_page()
+            await page.goto(f"{proc.url}/dashboard")
+            live = await page.wait_for(
+                "document.getElementById('status').textContent === 'live' && "
+                "document.querySelector(\"tr[data-model='live-model']\") !== null", within=15)
+            assert live, f"the page did not go live: status={await page.text('#status')!r}"
+            first = await page.text("#total-requests")
+            await asyncio.sleep(3)
+            second = await page.text("#total-requests")
+            assert first is not None and second is not None
+            assert int(second.replace(",", "")) > int(first.replace(",", "")), (first, second)
+            ttft = await page.text("tr[data-model='live-model'] .ttft-p50")
+            assert ttft is not None and ttft.endswith("ms"), ttft
+            await page.screenshot(SCREENSHOT.with_name("dashboard-gateway.png"))
+    except ChromiumMissing as missing:
+        pytest.fail(str(missing))
+    finally:
+        stop.set()
+        for task in loaders:
+            task.cancel()
+        await asyncio.gather(*loaders, return_exceptions=True)
+        proc.stop()
