@@ -78,6 +78,14 @@ def install_uvloop() -> None:
 def configure_logging(config: Config) -> None:
     logging.basicConfig(level=config.logging.level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # The access log is one JSON object per line and nothing else, so that log shippers can parse it as is.
+    access = logging.getLogger("sluicegate.access")
+    if not access.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        access.addHandler(handler)
+        access.propagate = False
+        access.setLevel(logging.INFO)
 
 
 def build_runner(config: Config, metrics: Metrics | None = None, *,
