@@ -26,21 +26,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.support.load import FIREHOSE_READER  # noqa: E402
 from tests.support.procs import start_gateway, start_mock  # noqa: E402
-
-FIREHOSE_READER = r"""
-import socket, sys, time
-port, payload = int(sys.argv[1]), sys.stdin.buffer.read()
-s = socket.create_connection(("127.0.0.1", port))
-s.sendall(payload)
-total, end = 0, time.monotonic() + float(sys.argv[2])
-while time.monotonic() < end:
-    data = s.recv(1 << 20)
-    if not data:
-        break
-    total += len(data)
-print(total, flush=True)
-"""
 
 
 def pct(values: list[float], q: float) -> float:

@@ -20,6 +20,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.support.http import get_json, metric, metrics, mock_request, wait_for
+from tests.support.load import FIREHOSE_READER
 from tests.support.procs import Proc, one_model, start_gateway
 
 STREAM_30MB = {"tokens": 300_000, "token_bytes": 100}
@@ -93,19 +94,7 @@ async def test_100_non_reading_clients_hold_memory_bounded_then_are_cut_off(mock
         proc.stop()
 
 
-FIREHOSE_READER = r"""
-import socket, sys, time
-port, payload = int(sys.argv[1]), sys.stdin.buffer.read()
-s = socket.create_connection(("127.0.0.1", port))
-s.sendall(payload)
-total, end = 0, time.monotonic() + float(sys.argv[2])
-while time.monotonic() < end:
-    data = s.recv(1 << 20)
-    if not data:
-        break
-    total += len(data)
-print(total, flush=True)
-"""
+
 
 
 HEALTHZ_PROBER = r"""
