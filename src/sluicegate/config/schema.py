@@ -10,11 +10,29 @@ import re
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 
 from sluicegate.config.durations import parse_duration
 
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _more_than_zero(value: float) -> float:
+    if value <= 0:
+        raise ValueError("must be more than 0 (e.g. 500ms or 15s)")
+    return value
+
+
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_more_than_zero)]
 
 # OpenAI-compatible servers are all served by the pass-through adapter; the aliases document their quirks.
 OPENAI_COMPATIBLE = ("openai", "vllm", "sglang", "tgi", "llamacpp", "ollama-openai")
@@ -226,14 +244,7 @@ class AuthConfig(Strict):
 class StateConfig(Strict):
     backend: Literal["memory", "redis"] = "memory"
     redis_url: str | None = None
-    lease_ttl: Duration = 15.0
-
-    @field_validator("lease_ttl")
-    @classmethod
-    def _positive_ttl(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError("must be more than 0 (e.g. 15s)")
-        return value
+    lease_ttl: PositiveDuration = 15.0
     on_unavailable: Literal["fail_open", "fail_closed"] = "fail_open"
     expected_instances: int = Field(default=1, ge=1)
     key_prefix: str = "sluicegate:"
@@ -250,14 +261,7 @@ class UsageConfig(Strict):
     dsn: str = "sluicegate-usage.db"  # a SQLite path (or sqlite:///path), or postgresql://...
     max_queue: int = Field(default=10_000, ge=1)
     batch_size: int = Field(default=500, ge=1)
-    flush_interval: Duration = 0.5
-
-    @field_validator("flush_interval")
-    @classmethod
-    def _positive_flush(cls, value: float) -> float:
-        if value <= 0:
-            raise ValueError("must be more than 0 (e.g. 500ms)")
-        return value
+    flush_interval: PositiveDuration = 0.5
 
     @field_validator("dsn")
     @classmethod

@@ -19,7 +19,7 @@ from typing import Any, Final
 import msgspec
 
 from sluicegate.config.schema import DeploymentConfig
-from sluicegate.providers.base import NonStreamResult, UpstreamEventError, UpstreamRequest
+from sluicegate.providers.base import NonStreamResult, UpstreamEventError, UpstreamRequest, upstream_headers
 from sluicegate.providers.chat_request import (
     ChatRequest,
     ImagePart,
@@ -317,16 +317,9 @@ class AnthropicAdapter:
         for key in deployment.forward_fields:
             if key in req.body:
                 body[key] = req.body[key]
-        headers = {
-            "Content-Type": "application/json",
-            "Accept": "text/event-stream" if req.stream else "application/json",
-            "Accept-Encoding": "identity",
-            "anthropic-version": deployment.api_version or DEFAULT_VERSION,
-            "X-Request-Id": req.id,
-        }
-        if deployment.api_key is not None:
-            headers["x-api-key"] = deployment.api_key.get_secret_value()
-        headers.update(deployment.headers)
+        secret = deployment.api_key
+        headers = upstream_headers(req, deployment, {"x-api-key": secret.get_secret_value()} if secret else {},
+                                   extra={"anthropic-version": deployment.api_version or DEFAULT_VERSION})
         return UpstreamRequest(f"{deployment.api_base}/messages", headers, _encode(body))
 
     def stream_codec(self, req: GatewayRequest, max_event_bytes: int) -> AnthropicCodec:

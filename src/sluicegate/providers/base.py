@@ -17,6 +17,28 @@ class UpstreamRequest:
     body: bytes
 
 
+def upstream_headers(req: GatewayRequest, deployment: DeploymentConfig, auth: dict[str, str], *,
+                     stream_type: str = "text/event-stream", extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The headers every adapter sends: JSON in, the stream type (or JSON) out, no compression (stream bytes are
+    read as they were sent), our request id, the provider's auth, then the deployment's own `headers`."""
+    headers = {
+        "Content-Type": "application/json",
+        "Accept": stream_type if req.stream else "application/json",
+        "Accept-Encoding": "identity",
+        "X-Request-Id": req.id,
+        **(extra or {}),
+    }
+    if deployment.api_key is not None:
+        headers.update(auth)
+    headers.update(deployment.headers)
+    return headers
+
+
+def bearer(deployment: DeploymentConfig) -> dict[str, str]:
+    key = deployment.api_key
+    return {"Authorization": f"Bearer {key.get_secret_value()}"} if key is not None else {}
+
+
 @dataclass(slots=True)
 class Usage:
     prompt_tokens: int | None = None

@@ -24,7 +24,7 @@ from typing import Any, Final
 import msgspec
 
 from sluicegate.config.schema import DeploymentConfig
-from sluicegate.providers.base import NonStreamResult, UpstreamEventError, UpstreamRequest
+from sluicegate.providers.base import NonStreamResult, UpstreamEventError, UpstreamRequest, upstream_headers
 from sluicegate.providers.chat_request import (
     ChatRequest,
     DocumentPart,
@@ -334,15 +334,8 @@ class GeminiAdapter:
                 body[key] = req.body[key]
         model = urllib.parse.quote(upstream_model.removeprefix("models/"), safe="")
         method = "streamGenerateContent?alt=sse" if req.stream else "generateContent"
-        headers = {
-            "Content-Type": "application/json",
-            "Accept": "text/event-stream" if req.stream else "application/json",
-            "Accept-Encoding": "identity",
-            "X-Request-Id": req.id,
-        }
-        if deployment.api_key is not None:
-            headers["x-goog-api-key"] = deployment.api_key.get_secret_value()
-        headers.update(deployment.headers)
+        secret = deployment.api_key
+        headers = upstream_headers(req, deployment, {"x-goog-api-key": secret.get_secret_value()} if secret else {})
         return UpstreamRequest(f"{deployment.api_base}/models/{model}:{method}", headers, _encode(body))
 
     def stream_codec(self, req: GatewayRequest, max_event_bytes: int) -> GeminiCodec:

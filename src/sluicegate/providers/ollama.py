@@ -20,7 +20,7 @@ from typing import Any, Final
 import msgspec
 
 from sluicegate.config.schema import DeploymentConfig
-from sluicegate.providers.base import NonStreamResult, UpstreamEventError, UpstreamRequest
+from sluicegate.providers.base import NonStreamResult, UpstreamEventError, UpstreamRequest, bearer, upstream_headers
 from sluicegate.providers.chat_request import (
     ChatRequest,
     ImagePart,
@@ -196,15 +196,7 @@ class OllamaAdapter:
         for key in deployment.forward_fields:
             if key in req.body:
                 body[key] = req.body[key]
-        headers = {
-            "Content-Type": "application/json",
-            "Accept": "application/x-ndjson" if req.stream else "application/json",
-            "Accept-Encoding": "identity",
-            "X-Request-Id": req.id,
-        }
-        if deployment.api_key is not None:
-            headers["Authorization"] = f"Bearer {deployment.api_key.get_secret_value()}"
-        headers.update(deployment.headers)
+        headers = upstream_headers(req, deployment, bearer(deployment), stream_type="application/x-ndjson")
         return UpstreamRequest(f"{deployment.api_base}/api/chat", headers, _encode(body))
 
     def stream_codec(self, req: GatewayRequest, max_event_bytes: int) -> OllamaCodec:

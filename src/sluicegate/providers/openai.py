@@ -13,7 +13,14 @@ from typing import Any
 import msgspec
 
 from sluicegate.config.schema import DeploymentConfig
-from sluicegate.providers.base import NonStreamResult, UpstreamEventError, UpstreamRequest, Usage
+from sluicegate.providers.base import (
+    NonStreamResult,
+    UpstreamEventError,
+    UpstreamRequest,
+    Usage,
+    bearer,
+    upstream_headers,
+)
 from sluicegate.types import Endpoint, GatewayError, GatewayRequest
 from sluicegate.wire.sse import SSEDecoder, SSEFrameSplitter, encode_event
 
@@ -182,15 +189,7 @@ class OpenAIAdapter:
         if req.stream and req.endpoint is not Endpoint.RESPONSES and not req.client_wants_usage:
             options = body.get("stream_options")
             body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-        headers = {
-            "Content-Type": "application/json",
-            "Accept": "text/event-stream" if req.stream else "application/json",
-            "Accept-Encoding": "identity",  # pass-through needs the bytes as sent, not a compressed body
-            "X-Request-Id": req.id,
-        }
-        if deployment.api_key is not None:
-            headers["Authorization"] = f"Bearer {deployment.api_key.get_secret_value()}"
-        headers.update(deployment.headers)
+        headers = upstream_headers(req, deployment, bearer(deployment))
         return UpstreamRequest(f"{deployment.api_base}/{req.endpoint.value}", headers, _encode.encode(body))
 
     def stream_codec(self, req: GatewayRequest, max_event_bytes: int) -> OpenAIPassthroughCodec:
