@@ -376,7 +376,7 @@ async def test_sigterm_drains_streams_in_flight(procs: list[Proc], tmp_path: Pat
     assert answer.completed
     assert await asyncio.to_thread(gateway.popen.wait, 10) == 0
     assert time.monotonic() - signalled < 5
-    [row] = usage_rows(usage_db, "request_id = ?", ("drained",))
+    [row] = usage_rows(usage_db, "client_request_id = ?", ("drained",))
     assert row["outcome"] == "completed"
 
 
@@ -396,7 +396,7 @@ async def test_grace_over_ends_the_stream_and_keeps_its_usage_record(procs: list
     assert 0.8 <= time.monotonic() - signalled <= 1.0 + 3.0
     assert answer.status == 200 and not answer.completed
     assert await asyncio.to_thread(gateway.popen.wait, END_WAIT + 5) == 0
-    assert len(usage_rows(usage_db, "request_id = ?", ("cut",))) == 1
+    assert len(usage_rows(usage_db, "client_request_id = ?", ("cut",))) == 1
     await until(lambda: mock_stats(upstream)["active"] == 0, 5, "the upstream stream to be closed")
 
 
@@ -413,7 +413,7 @@ async def test_grace_over_ends_the_stream_with_a_shutdown_error_event(procs: lis
     last = answer.body.rstrip().rsplit(b"\n\n", 1)[-1]
     assert last.startswith(b"data: ") and json.loads(last[6:])["error"]["code"] == "shutdown", last
     assert await asyncio.to_thread(gateway.popen.wait, END_WAIT + 5) == 0
-    [row] = usage_rows(usage_db, "request_id = ?", ("cut-event",))
+    [row] = usage_rows(usage_db, "client_request_id = ?", ("cut-event",))
     assert row["outcome"] == "shutdown" and not row["client_disconnected"]
 
 

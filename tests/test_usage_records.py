@@ -7,7 +7,6 @@ import asyncio
 import hashlib
 import json
 import random
-import uuid
 from pathlib import Path
 
 import aiohttp
@@ -31,14 +30,21 @@ async def test_exactly_one_record_per_request_under_chaos(tmp_path: Path) -> Non
     disconnected: list[str] = []
     received: dict[str, bytes] = {}
 
+    client_ids: dict[str, str] = {}
+
     async def one(i: int) -> None:
-        rid = f"chaos-{i}-{uuid.uuid4().hex[:8]}"
-        ids.append(rid)
+        # Every client reuses one of a few ids on purpose: the gateway's own id keeps the records apart.
+        client_id = f"client-{i % 3}"
         mock = rng.choice([{"tokens": 5}, {"tokens": 5, "reset_after": 2}, {"status": 500}, {"stall_after": 1},
                            {"first_delay": 1}, {"tokens": 30, "interval": 0.01}])
         payload = {"model": "m", "stream": i % 5 != 0, "mock": mock}
         async with aiohttp.ClientSession() as session:
-            resp = await session.post(f"{proc.url}/v1/chat/completions", json=payload, headers={"x-request-id": rid})
+            resp = await session.post(f"{proc.url}/v1/chat/completions", json=payload,
+                                      headers={"x-request-id": client_id})
+            rid = resp.headers["x-request-id"]
+            assert resp.headers["x-client-request-id"] == client_id and rid != client_id
+            ids.append(rid)
+            client_ids[rid] = client_id
             if i % 6 == 0 and resp.status == 200 and payload["stream"]:
                 await resp.content.readany()
                 resp.close()  # the client goes away mid-stream
@@ -53,7 +59,9 @@ async def test_exactly_one_record_per_request_under_chaos(tmp_path: Path) -> Non
             return all(_record(proc, rid) is not None for rid in ids)
         assert await asyncio.to_thread(wait_for, all_written, 15.0)
         usage = get_json(f"{proc.url}/v1/usage")["data"]
-        assert sum(row["requests"] for row in usage) == len(ids)  # exactly one record each, no more
+        assert sum(row["requests"] for row in usage) == len(ids) == 120  # exactly one record each, no more
+        for rid, client_id in client_ids.items():
+            assert (_record(proc, rid) or {}).get("client_request_id") == client_id
         for rid in disconnected:
             record = _record(proc, rid)
             assert record is not None and record["client_disconnected"] is True

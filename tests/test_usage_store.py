@@ -268,13 +268,13 @@ async def test_schema_is_created_on_an_empty_database_and_restart_is_idempotent(
     await first.start()
     await first.write_batch([FULL])
     await first.close()
-    assert backend.schema_versions() == [m.version for m in usage_schema.MIGRATIONS] == [1]
+    assert backend.schema_versions() == [m.version for m in usage_schema.MIGRATIONS] == [1, 2]
 
     again = [backend.store() for _ in range(3)]
     await asyncio.gather(*(store.start() for store in again))
     await again[0].write_batch([SPARSE])
 
-    assert backend.schema_versions() == [1]
+    assert backend.schema_versions() == [m.version for m in usage_schema.MIGRATIONS]
     assert await again[1].get(FULL.request_id) == FULL
     assert await count_records(again[2]) == 2
 
@@ -284,7 +284,7 @@ async def test_concurrent_first_starts_migrate_once(backend: Backend) -> None:
     await asyncio.gather(*(store.start() for store in stores))
     await asyncio.gather(*(store.write_batch([make_record(i)]) for i, store in enumerate(stores)))
 
-    assert backend.schema_versions() == [1]
+    assert backend.schema_versions() == [m.version for m in usage_schema.MIGRATIONS]
     assert await count_records(stores[0]) == 4
 
 
@@ -295,8 +295,9 @@ async def test_a_later_migration_is_applied_on_restart_and_old_columns_keep_work
     await old.start()
     await old.write_batch([FULL])
     await old.close()
+    next_version = usage_schema.LATEST_VERSION + 1
     added_column = usage_schema.Migration(
-        version=2,
+        version=next_version,
         description="test column",
         sqlite=("ALTER TABLE usage_records ADD COLUMN test_extra TEXT",),
         postgres=("ALTER TABLE {prefix}usage_records ADD COLUMN test_extra TEXT",),
@@ -307,7 +308,7 @@ async def test_a_later_migration_is_applied_on_restart_and_old_columns_keep_work
     await upgraded.start()
     await upgraded.write_batch([SPARSE])
 
-    assert backend.schema_versions() == [1, 2]
+    assert backend.schema_versions() == [*(m.version for m in usage_schema.MIGRATIONS[:-1]), next_version]
     assert await upgraded.get(FULL.request_id) == FULL
     assert await upgraded.get(SPARSE.request_id) == SPARSE
 

@@ -47,6 +47,7 @@ class GatewayRequest:
     arrived: float  # loop time
     arrived_wall: float  # unix time
     key_name: str | None = None
+    client_request_id: str | None = None  # the client's own id for this request, echoed back, never a key
     user: str | None = None
     extra_headers: dict[str, str] = field(default_factory=dict)
     first_sent: float = 0.0  # loop time the first upstream attempt was sent (gateway overhead = this - arrived)

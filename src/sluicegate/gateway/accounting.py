@@ -97,6 +97,7 @@ class Accountant:
             prompt_tokens=usage.prompt_tokens if usage is not None else None, completion_tokens=completion,
             finish_reason=record.finish_reason, bytes_sent=record.bytes_sent,
             client_disconnected=record.client_disconnected, sha256=record.sha256, stream=req.stream,
+            client_request_id=req.client_request_id,
         )
         if self.usage is not None:
             self.usage.submit(entry)

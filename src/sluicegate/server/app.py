@@ -25,7 +25,7 @@ from sluicegate.server.demo import DemoUpstream
 from sluicegate.server.draining import DRAINING
 from sluicegate.server.errors import error_response
 from sluicegate.server.usage_api import USAGE_STORE, add_usage_routes
-from sluicegate.server.validate import parse_request, request_id
+from sluicegate.server.validate import id_headers, parse_request
 from sluicegate.state.factory import make_backend
 from sluicegate.types import Endpoint, GatewayError, GatewayRequest, Outcome
 
@@ -44,7 +44,7 @@ def _count_rejected(request: web.Request, model: str, endpoint: Endpoint, error:
 
 
 async def _read_request(request: web.Request, endpoint: Endpoint,
-                        rid: str) -> tuple[GatewayRequest, Route, ClientKey | None]:
+                        ids: dict[str, str]) -> tuple[GatewayRequest, Route, ClientKey | None]:
     key = request.app[KEYS].authenticate(request.headers.get("Authorization"))
     config = request.app[CONFIG]
     limit = config.server.max_body_bytes
@@ -55,7 +55,8 @@ async def _read_request(request: web.Request, endpoint: Endpoint,
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(limit) from None
-    req = parse_request(raw, endpoint, rid, arrived)
+    req = parse_request(raw, endpoint, ids["x-request-id"], arrived)
+    req.client_request_id = ids.get("x-client-request-id")
     if key is not None:
         if not key.allows(req.model):
             raise forbidden_model(key, req.model)
@@ -71,28 +72,28 @@ def _too_large(limit: int) -> GatewayError:
 
 def _endpoint_handler(endpoint: Endpoint):  # type: ignore[no-untyped-def]
     async def handle(request: web.Request) -> web.StreamResponse:
-        rid = request_id(request.headers.get("x-request-id"))
+        ids = id_headers(request.headers)
         gateway = request.app[GATEWAY]
         try:
-            req, route, key = await _read_request(request, endpoint, rid)
+            req, route, key = await _read_request(request, endpoint, ids)
         except GatewayError as error:
             _count_rejected(request, UNKNOWN_MODEL_LABEL, endpoint, error)
-            return error_response(error, rid)
+            return error_response(error, ids)
         if req.stream:
             client = AiohttpClientStream(
-                request, {"x-request-id": rid}, write_buffer_high=gateway.config.server.client_write_buffer,
+                request, ids, write_buffer_high=gateway.config.server.client_write_buffer,
                 end_timeout=route.pool.config.timeouts.write_stall,
             )
             try:
                 await gateway.stream(req, client, route, key)
             except GatewayError as error:
-                return error_response(error, rid)
+                return error_response(error, ids)
             return client.response
         try:
             record, result = await gateway.complete(req, route, key)
         except GatewayError as error:
-            return error_response(error, rid)
-        headers = {"x-request-id": rid}
+            return error_response(error, ids)
+        headers = dict(ids)
         if record.deployment:
             headers["x-sluicegate-deployment"] = record.deployment
             headers["x-sluicegate-attempts"] = str(record.attempts)
@@ -102,11 +103,10 @@ def _endpoint_handler(endpoint: Endpoint):  # type: ignore[no-untyped-def]
 
 
 async def models(request: web.Request) -> web.Response:
-    rid = request_id(request.headers.get("x-request-id"))
     try:
         key = request.app[KEYS].authenticate(request.headers.get("Authorization"))
     except GatewayError as error:
-        return error_response(error, rid)
+        return error_response(error, id_headers(request.headers))
     names = [n for n in request.app[GATEWAY].router.public_models() if key is None or key.allows(n)]
     data = [{"id": n, "object": "model", "created": 0, "owned_by": "sluicegate"} for n in names]
     return web.json_response({"object": "list", "data": data})

@@ -8,7 +8,7 @@ from aiohttp import web
 from sluicegate.observe.usage import UsageStore
 from sluicegate.server.auth import KeyRing
 from sluicegate.server.errors import error_response
-from sluicegate.server.validate import request_id
+from sluicegate.server.validate import id_headers
 from sluicegate.types import GatewayError, Outcome
 
 USAGE_STORE = web.AppKey("usage_store", UsageStore)
@@ -32,7 +32,7 @@ def _store(request: web.Request) -> UsageStore:
 
 def add_usage_routes(app: web.Application, keys_key: web.AppKey[KeyRing]) -> None:
     async def usage(request: web.Request) -> web.Response:
-        rid = request_id(request.headers.get("x-request-id"))
+        ids = id_headers(request.headers)
         try:
             _check_admin(request, request.app[keys_key])
             since_text = request.query.get("since")
@@ -45,12 +45,12 @@ def add_usage_routes(app: web.Application, keys_key: web.AppKey[KeyRing]) -> Non
             rows = await _store(request).aggregate(request.query.get("key") or None,
                                                    request.query.get("model") or None, since)
         except GatewayError as error:
-            return error_response(error, rid)
+            return error_response(error, ids)
         body = {"object": "list", "data": list(rows)}
         return web.Response(body=_encode.encode(body), content_type="application/json")
 
     async def one_request(request: web.Request) -> web.Response:
-        rid = request_id(request.headers.get("x-request-id"))
+        ids = id_headers(request.headers)
         wanted = request.match_info["request_id"]
         try:
             _check_admin(request, request.app[keys_key])
@@ -60,7 +60,7 @@ def add_usage_routes(app: web.Application, keys_key: web.AppKey[KeyRing]) -> Non
                                    "a request ends).", type="invalid_request_error", code="request_not_found",
                                    outcome=Outcome.INVALID)
         except GatewayError as error:
-            return error_response(error, rid)
+            return error_response(error, ids)
         return web.Response(body=_encode.encode(record), content_type="application/json")
 
     app.router.add_get("/v1/usage", usage)

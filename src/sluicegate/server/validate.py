@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import msgspec
@@ -15,11 +16,28 @@ _decode = msgspec.json.Decoder()
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
-def request_id(header: str | None) -> str:
-    """Keep a client's id when it is safe to echo and log; otherwise make one."""
-    if header and _REQUEST_ID.fullmatch(header):
-        return header
+def request_id() -> str:
+    """The gateway's own id for a request: unique, the key of its usage record, returned as x-request-id."""
     return uuid.uuid4().hex
+
+
+def id_headers(request_headers: Mapping[str, str]) -> dict[str, str]:
+    """x-request-id (always ours) and x-client-request-id (the client's, echoed) for the response."""
+    ids = {"x-request-id": request_id()}
+    client_id = client_request_id(request_headers)
+    if client_id is not None:
+        ids["x-client-request-id"] = client_id
+    return ids
+
+
+def client_request_id(headers: Mapping[str, str]) -> str | None:
+    """The client's own id (x-client-request-id, as OpenAI's SDKs send it, or x-request-id) when it is safe to echo
+    and log. It is recorded and echoed back as x-client-request-id, never used as a key."""
+    for name in ("x-client-request-id", "x-request-id"):
+        value = headers.get(name)
+        if value and _REQUEST_ID.fullmatch(value):
+            return value
+    return None
 
 
 def _bad(message: str, param: str | None = None, code: str = "invalid_request") -> GatewayError:

@@ -23,8 +23,11 @@ class Outcome:
     TIMEOUT_IDLE: Final = "timeout_idle"
     TIMEOUT_TOTAL: Final = "timeout_total"
     WRITE_STALL: Final = "write_stall"
+    TIMEOUT_REQUEST: Final = "timeout_request"
     SHED: Final = "shed"
+    SHUTDOWN: Final = "shutdown"
     REJECTED: Final = "rejected"
+    INVALID: Final = "invalid"
     ERROR: Final = "error"
 
 
@@ -58,6 +61,8 @@ class UsageRecord(msgspec.Struct, frozen=True, kw_only=True, gc=False):
     sha256: str | None = None
     """Hex SHA-256 of the exact bytes sent to the client (body, not headers)."""
     stream: bool = False
+    client_request_id: str | None = None
+    """The id the client sent in x-client-request-id or x-request-id, if any (not unique: clients choose it)."""
 
 
 USAGE_COLUMNS: Final[tuple[str, ...]] = UsageRecord.__struct_fields__

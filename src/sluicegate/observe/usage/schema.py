@@ -87,6 +87,14 @@ MIGRATIONS: Final[tuple[Migration, ...]] = (
             "CREATE INDEX usage_records_model_key_ts ON {prefix}usage_records (model, key_name, ts)",
         ),
     ),
+    Migration(
+        version=2,
+        description="client_request_id",
+        # The id the client sent (x-client-request-id / x-request-id), kept apart from the gateway's own
+        # request_id so that a client reusing an id can never collide with another record.
+        sqlite=("ALTER TABLE usage_records ADD COLUMN client_request_id TEXT",),
+        postgres=("ALTER TABLE {prefix}usage_records ADD COLUMN client_request_id TEXT",),
+    ),
 )
 
 LATEST_VERSION: Final = MIGRATIONS[-1].version
