@@ -44,13 +44,13 @@ class GatewayRequest:
     model: str
     stream: bool
     client_wants_usage: bool
-    arrived: float  # loop time
+    arrived: float  # time.monotonic()
     arrived_wall: float  # unix time
     key_name: str | None = None
     client_request_id: str | None = None  # the client's own id for this request, echoed back, never a key
     user: str | None = None
     extra_headers: dict[str, str] = field(default_factory=dict)
-    first_sent: float = 0.0  # loop time the first upstream attempt was sent (gateway overhead = this - arrived)
+    first_sent: float = 0.0  # time.monotonic() the first upstream attempt was sent (gateway overhead = this - arrived)
     # Who holds this request's admission slots: always generated here, never the client's x-request-id, so that a
     # client reusing one id cannot share one slot between many requests.
     holder: str = field(default_factory=lambda: uuid.uuid4().hex)

@@ -6,8 +6,8 @@ clean HTTP error the client would get and the retry condition it matches (config
 
 from __future__ import annotations
 
-import asyncio
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -87,7 +87,7 @@ async def send(
     upstream = adapter.build_request(req, deployment.config, upstream_model)
     call = UpstreamCall(deployment, metrics, on_close)
     if not req.first_sent:
-        req.first_sent = asyncio.get_running_loop().time()
+        req.first_sent = time.monotonic()
         metrics.overhead.observe(req.first_sent - req.arrived)
     try:
         call.response = await session.post(

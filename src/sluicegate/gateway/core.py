@@ -14,6 +14,7 @@ import hashlib
 import logging
 import socket
 from collections.abc import Awaitable, Callable
+from time import monotonic
 
 import aiohttp
 from aiohappyeyeballs import AddrInfoType
@@ -155,7 +156,7 @@ class Gateway:
             client.headers["x-sluicegate-attempts"] = str(record.attempts)
             deadlines.adopt(start.call.deployment.timeouts, req.arrived)
             await client.write(start.first)
-            now = loop.time()
+            now = monotonic()
             record.ttft = now - req.arrived
             deadlines.streaming(now)
             codec = start.codec
@@ -170,7 +171,7 @@ class Gateway:
             def read() -> Awaitable[bytes]:
                 return content.read(read_size)
 
-            await pump(read, codec, client, deadlines, self.limits, record.gaps, loop.time, rate)
+            await pump(read, codec, client, deadlines, self.limits, record.gaps, monotonic, rate)
             record.usage = codec.usage
             record.finish_reason = codec.finish_reason
             if codec.error is not None:
@@ -229,7 +230,7 @@ class Gateway:
                 start.call.close(reuse=clean_end)
             if slots is not None:
                 slots.release()
-            record.ended = loop.time()
+            record.ended = monotonic()
             record.bytes_sent = client.bytes_sent
             record.sha256 = client.digest() if client.committed else None
             in_flight.dec()
@@ -251,15 +252,14 @@ class Gateway:
 
     async def _attempt_stream(self, req: GatewayRequest, deployment: Deployment, upstream_model: str,
                               on_close: Callable[[], None], deadlines: StreamDeadlines) -> StreamStart:
-        loop = asyncio.get_running_loop()
-        sent_at = loop.time()
+        sent_at = monotonic()
         deadlines.waiting_for_first_chunk(sent_at, deployment.timeouts.first_chunk)
         server = self.config.server
         assert self.session is not None
         call = await send(self.session, req, deployment, upstream_model, self.metrics, server.upstream_read_buffer,
                           on_close)
         start = await read_first_event(call, req, server.max_event_bytes, server.upstream_read_buffer)
-        seconds = loop.time() - sent_at
+        seconds = monotonic() - sent_at
         deployment.observe_ttft(seconds)
         self.metrics.child(self.metrics.upstream_first_chunk, deployment.label).observe(seconds)
         return start
@@ -267,7 +267,6 @@ class Gateway:
     # --- non-streaming ------------------------------------------------------------------------------------------
     async def complete(self, req: GatewayRequest, route: Route,
                        key: ClientKey | None = None) -> tuple[RequestRecord, NonStreamResult]:
-        loop = asyncio.get_running_loop()
         model = route.pool.config
         record = RequestRecord(req, model.name)
         self.accountant.started(record)
@@ -288,7 +287,7 @@ class Gateway:
                 raise GatewayError(504, f"The upstream did not answer within the request deadline "
                                    f"({model.timeouts.request:g}s).", type="timeout",
                                    code=Outcome.TIMEOUT_REQUEST.value, outcome=Outcome.TIMEOUT_REQUEST) from None
-            record.ttft = loop.time() - req.arrived
+            record.ttft = monotonic() - req.arrived
             record.usage = result.usage
             record.finish_reason = result.finish_reason
             record.bytes_sent = len(result.body)
@@ -314,7 +313,7 @@ class Gateway:
         finally:
             if slots is not None:
                 slots.release()
-            record.ended = loop.time()
+            record.ended = monotonic()
             self.accountant.finish(record)
 
     async def _attempt_complete(self, req: GatewayRequest, deployment: Deployment, upstream_model: str,
