@@ -62,13 +62,14 @@ class Slots:
     def add(self, backend: StateBackend, key: str, holder: str) -> None:
         self._held.append((backend, key, holder))
 
-    def release(self, key: str | None = None) -> None:
+    def release(self, key: str | None = None, holder: str | None = None) -> None:
+        """Release what matches (everything by default); each slot once, however often this is called."""
         keep = []
-        for backend, held_key, holder in self._held:
-            if key is None or held_key == key:
-                _release_soon(backend, held_key, holder)
+        for backend, held_key, held_by in self._held:
+            if (key is None or held_key == key) and (holder is None or held_by == holder):
+                _release_soon(backend, held_key, held_by)
             else:
-                keep.append((backend, held_key, holder))
+                keep.append((backend, held_key, held_by))
         self._held = keep
 
 

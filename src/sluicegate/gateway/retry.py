@@ -53,6 +53,8 @@ class _Run(Generic[T]):
         self.deadlines = deadlines
         self.loop = asyncio.get_running_loop()
         self.queue_deadline = self.loop.time() + queue_timeout
+        self.slot_serial = 0
+        self.current_holder = ""
         task = asyncio.current_task()
         assert task is not None
         self.task = task
@@ -131,17 +133,25 @@ class _Run(Generic[T]):
                 self.d.in_background(self.d.selector.remember_sticky(pool, self.req, deployment))
             return result
 
+    def attempt_holder(self) -> str:
+        """Each attempt holds its deployment slot under its own holder id. A slot's release runs as a task; reusing
+        the request's id for a retry on the same deployment would let that late release free the retry's slot."""
+        self.slot_serial += 1
+        self.current_holder = f"{self.req.holder}:{self.slot_serial}"
+        return self.current_holder
+
     async def take_slot(self, pool: ModelPool, order: list[int]) -> int:
         """The first deployment in `order` with a free slot; waits (bounded by the queue deadline) when all are full."""
         admission = self.d.admission
+        holder = self.attempt_holder()
         while True:
             for index in order:
                 deployment = pool.deployments[index]
                 cap = deployment.config.max_concurrent
                 if not cap:
                     return index
-                if await admission.acquire_deployment(deployment.label, cap, self.req.holder, 0.0, count=False):
-                    self.slots.add(admission.state, f"deployment:{deployment.label}", self.req.holder)
+                if await admission.acquire_deployment(deployment.label, cap, holder, 0.0, count=False):
+                    self.slots.add(admission.state, f"deployment:{deployment.label}", holder)
                     return index
             remaining = self.queue_deadline - self.loop.time()
             first = pool.deployments[order[0]]
@@ -150,9 +160,9 @@ class _Run(Generic[T]):
                 raise rejected("deployment", first.label, f"Every deployment of {pool.name!r} is at its "
                                "max_concurrent limit; retry shortly.")
             # Wait on the preferred deployment for a slice, then look at all of them again.
-            if await admission.acquire_deployment(first.label, first.config.max_concurrent, self.req.holder,
+            if await admission.acquire_deployment(first.label, first.config.max_concurrent, holder,
                                                   min(remaining, WAIT_SLICE), count=False):
-                self.slots.add(admission.state, f"deployment:{first.label}", self.req.holder)
+                self.slots.add(admission.state, f"deployment:{first.label}", holder)
                 return order[0]
 
     async def hedged(self, pool: ModelPool, order: list[int], index: int, matched: str, requested: str,
@@ -164,8 +174,8 @@ class _Run(Generic[T]):
         releases: dict[Deployment, Callable[[], None]] = {}
 
         def start(deployment: Deployment) -> None:
-            slot_key = f"deployment:{deployment.label}"
-            releases[deployment] = lambda: self.slots.release(slot_key)
+            slot_key, holder = f"deployment:{deployment.label}", self.current_holder
+            releases[deployment] = lambda: self.slots.release(slot_key, holder)
             upstream_model = deployment.upstream_model(matched, requested)
             tasks[asyncio.ensure_future(self.attempt(deployment, upstream_model, releases[deployment]))] = deployment
 
@@ -219,20 +229,20 @@ class _Run(Generic[T]):
             if other == index:
                 continue
             cap = deployment.config.max_concurrent
-            if not cap or await self.d.admission.acquire_deployment(deployment.label, cap, self.req.holder, 0.0,
-                                                                    count=False):
+            holder = self.attempt_holder()
+            if not cap or await self.d.admission.acquire_deployment(deployment.label, cap, holder, 0.0, count=False):
                 if cap:
-                    self.slots.add(self.d.admission.state, f"deployment:{deployment.label}", self.req.holder)
+                    self.slots.add(self.d.admission.state, f"deployment:{deployment.label}", holder)
                 self.record.attempts += 1
                 self.d.metrics.retries.labels(pool.name, "hedged").inc()
                 return deployment
         return None
 
     async def one(self, pool: ModelPool, deployment: Deployment, upstream_model: str) -> T:
-        slot_key = f"deployment:{deployment.label}"
+        slot_key, holder = f"deployment:{deployment.label}", self.current_holder
 
         def release() -> None:
-            self.slots.release(slot_key)
+            self.slots.release(slot_key, holder)
 
         try:
             return await self.attempt(deployment, upstream_model, release)
