@@ -35,6 +35,7 @@ from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from sluicegate.state import budget
 from sluicegate.state.base import (
@@ -56,6 +57,7 @@ from sluicegate.state.redis_scripts import Scripts
 log = logging.getLogger("sluicegate.state")
 
 _REDIS_FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+_SLOW_ANSWER: tuple[type[BaseException], ...] = (RedisTimeoutError, TimeoutError)
 """Anything that means "shared state did not answer properly": the backend degrades on all of them."""
 
 PUMP_BATCH = 32
@@ -519,9 +521,19 @@ class RedisBackend:
     async def _eval(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
         try:
             return await script(keys=keys, args=args)
+        except _SLOW_ANSWER as exc:
+            # One slow answer (a busy host, a GC pause) is not an outage: ask once more before degrading, so that
+            # fail_open does not switch to per-instance limits on a single hiccup. The scripts are safe to repeat
+            # (a holder holds one slot per key; releases and renewals are idempotent).
+            first = exc
         except _REDIS_FAILURES as exc:
             self._mark_unavailable(exc)
             raise _UseFallback from exc
+        try:
+            return await script(keys=keys, args=args)
+        except _REDIS_FAILURES as exc:
+            self._mark_unavailable(exc)
+            raise _UseFallback from first
 
     def _spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
         task = asyncio.get_running_loop().create_task(coro)
