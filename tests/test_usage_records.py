@@ -37,6 +37,8 @@ async def test_exactly_one_record_per_request_under_chaos(tmp_path: Path) -> Non
         client_id = f"client-{i % 3}"
         mock = rng.choice([{"tokens": 5}, {"tokens": 5, "reset_after": 2}, {"status": 500}, {"stall_after": 1},
                            {"first_delay": 1}, {"tokens": 30, "interval": 0.01}])
+        if i % 6 == 0:
+            mock = {"tokens": 200, "interval": 0.01}  # long enough that the client really leaves mid-stream
         payload = {"model": "m", "stream": i % 5 != 0, "mock": mock}
         async with aiohttp.ClientSession() as session:
             resp = await session.post(f"{proc.url}/v1/chat/completions", json=payload,
