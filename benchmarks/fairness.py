@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import http.client
 import itertools
 import json
 import statistics
@@ -26,26 +25,13 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.support.load import FIREHOSE_READER  # noqa: E402
+from tests.support.load import FIREHOSE_READER, probe_healthz_in_own_process  # noqa: E402
 from tests.support.procs import start_gateway, start_mock  # noqa: E402
 
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def probe(port: int, seconds: float, every: float = 0.02) -> list[float]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    out = []
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        started = time.monotonic()
-        conn.request("GET", "/healthz")
-        conn.getresponse().read()
-        out.append(time.monotonic() - started)
-        time.sleep(max(0.0, every - (time.monotonic() - started)))
-    return out
 
 
 async def paced(url: str, tokens: int, interval: float) -> list[float]:
@@ -74,7 +60,7 @@ async def phase(url: str, port: int, seconds: float, n_paced: int, firehose: boo
         await asyncio.sleep(0.5)
     tokens = int(seconds / 0.02)
     streams = [asyncio.create_task(paced(url, tokens, 0.02)) for _ in range(n_paced)]
-    health = await asyncio.to_thread(probe, port, seconds)
+    health = await asyncio.to_thread(probe_healthz_in_own_process, port, int(seconds / 0.02), 0.02)
     gaps = [g for s in await asyncio.gather(*streams) for g in s]
     result = {"healthz_p50_ms": pct(health, 0.5) * 1e3, "healthz_p99_ms": pct(health, 0.99) * 1e3,
               "healthz_max_ms": max(health) * 1e3, "paced_itl_p50_ms": pct(gaps, 0.5) * 1e3,

@@ -20,7 +20,7 @@ from pathlib import Path
 import aiohttp
 
 from tests.support.http import get_json, metric, metrics, mock_request, wait_for
-from tests.support.load import FIREHOSE_READER
+from tests.support.load import FIREHOSE_READER, probe_healthz_in_own_process
 from tests.support.procs import Proc, one_model, start_gateway
 
 STREAM_30MB = {"tokens": 300_000, "token_bytes": 100}
@@ -95,31 +95,6 @@ async def test_100_non_reading_clients_hold_memory_bounded_then_are_cut_off(mock
 
 
 
-
-
-HEALTHZ_PROBER = r"""
-import http.client, json, sys, time
-port, count, every = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-out = []
-for _ in range(count):
-    started = time.monotonic()
-    conn.request("GET", "/healthz")
-    response = conn.getresponse()
-    response.read()
-    assert response.status == 200
-    out.append(time.monotonic() - started)
-    time.sleep(max(0.0, every - (time.monotonic() - started)))
-print(json.dumps(out), flush=True)
-"""
-
-
-def probe_healthz_in_own_process(port: int, count: int, every: float) -> list[float]:
-    """Probe from a separate process, so the test's own event loop (busy with 50 streams) and GIL cannot delay the
-    measurement: what is measured is the gateway."""
-    done = subprocess.run([sys.executable, "-c", HEALTHZ_PROBER, str(port), str(count), str(every)],
-                          capture_output=True, text=True, timeout=60, check=True)
-    return [float(x) for x in json.loads(done.stdout)]
 
 
 async def paced_stream(url: str, tokens: int, interval: float) -> list[float]:

@@ -33,7 +33,7 @@ from sluicegate.providers.chat_request import (
 from sluicegate.providers.openai_chunks import ToolCallOut, UsageCounts, completion_body
 from sluicegate.providers.sse_data import SSEDataReader
 from sluicegate.providers.translating_codec import TranslatingCodec, event_error_status
-from sluicegate.providers.upstream_errors import json_or_none, provider_error
+from sluicegate.providers.upstream_errors import json_or_none, malformed_response, provider_error
 from sluicegate.types import GatewayError, GatewayRequest
 from sluicegate.wire.errors import CorruptFrame
 
@@ -339,8 +339,7 @@ class AnthropicAdapter:
         try:
             response = _decode_response(body)
         except msgspec.DecodeError:
-            raise GatewayError(502, "The upstream (anthropic) sent a response that is not a Messages response.",
-                               type="upstream_error", code="upstream_malformed") from None
+            raise malformed_response("anthropic", "a Messages response") from None
         text: list[str] = []
         thinking: list[str] = []
         calls: list[ToolCallOut] = []

@@ -37,7 +37,7 @@ from sluicegate.providers.chat_request import (
 )
 from sluicegate.providers.openai_chunks import ToolCallOut, UsageCounts, completion_body
 from sluicegate.providers.translating_codec import TranslatingCodec
-from sluicegate.providers.upstream_errors import json_or_none, provider_error
+from sluicegate.providers.upstream_errors import json_or_none, malformed_response, provider_error
 from sluicegate.types import GatewayError, GatewayRequest
 from sluicegate.wire.aws_eventstream import EventStreamDecoder, EventStreamMessage
 from sluicegate.wire.errors import CorruptFrame
@@ -368,8 +368,7 @@ class BedrockAdapter:
         try:
             response = _decode_response(body)
         except msgspec.DecodeError:
-            raise GatewayError(502, "The upstream (bedrock) sent a response that is not a Converse response.",
-                               type="upstream_error", code="upstream_malformed") from None
+            raise malformed_response("bedrock", "a Converse response") from None
         text: list[str] = []
         thinking: list[str] = []
         calls: list[ToolCallOut] = []

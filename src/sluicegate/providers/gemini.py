@@ -39,7 +39,7 @@ from sluicegate.providers.chat_request import (
 from sluicegate.providers.openai_chunks import ToolCallOut, UsageCounts, completion_body
 from sluicegate.providers.sse_data import SSEDataReader
 from sluicegate.providers.translating_codec import TranslatingCodec, event_error_status
-from sluicegate.providers.upstream_errors import json_or_none, provider_error
+from sluicegate.providers.upstream_errors import json_or_none, malformed_response, provider_error
 from sluicegate.types import GatewayError, GatewayRequest
 from sluicegate.wire.errors import CorruptFrame, WireError
 from sluicegate.wire.json_array import JSONArraySplitter
@@ -356,8 +356,7 @@ class GeminiAdapter:
         try:
             response = _decode_response(body)
         except msgspec.DecodeError:
-            raise GatewayError(502, "The upstream (gemini) sent a response that is not a GenerateContentResponse.",
-                               type="upstream_error", code="upstream_malformed") from None
+            raise malformed_response("gemini", "a GenerateContentResponse") from None
         text: list[str] = []
         thoughts: list[str] = []
         calls: list[ToolCallOut] = []

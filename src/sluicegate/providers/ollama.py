@@ -31,7 +31,7 @@ from sluicegate.providers.chat_request import (
 )
 from sluicegate.providers.openai_chunks import ToolCallOut, UsageCounts, completion_body
 from sluicegate.providers.translating_codec import TranslatingCodec, event_error_status
-from sluicegate.providers.upstream_errors import json_or_none, provider_error
+from sluicegate.providers.upstream_errors import json_or_none, malformed_response, provider_error
 from sluicegate.types import GatewayError, GatewayRequest
 from sluicegate.wire.errors import CorruptFrame
 from sluicegate.wire.ndjson import NDJSONSplitter
@@ -212,8 +212,7 @@ class OllamaAdapter:
         try:
             line = _decode_line(body)
         except msgspec.DecodeError:
-            raise GatewayError(502, "The upstream (ollama) sent a response that is not an /api/chat response.",
-                               type="upstream_error", code="upstream_malformed") from None
+            raise malformed_response("ollama", "an /api/chat response") from None
         if line.error:
             error = _error(line.error)
             raise GatewayError(error.status, f"The upstream reported an error: {error.message}",

@@ -44,3 +44,9 @@ def provider_error(provider: str, upstream_status: int, client_status: int, mess
         message = f"{provider} answered HTTP {upstream_status}: {snippet}"
     return GatewayError(client_status, message, type=openai_error_type(client_status),
                         code=code or f"upstream_http_{upstream_status}", retry_after=retry_after)
+
+
+def malformed_response(provider: str, expected: str) -> GatewayError:
+    """A complete (non-stream) upstream body that does not parse as the provider's response."""
+    return GatewayError(502, f"The upstream ({provider}) sent a response that is not {expected}.",
+                        type="upstream_error", code="upstream_malformed")
