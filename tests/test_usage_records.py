@@ -22,7 +22,8 @@ async def test_exactly_one_record_per_request_under_chaos(tmp_path: Path) -> Non
         "models": [{"name": "m", "deployments": [{"provider": "openai", "api_base": f"{upstream.url}/v1",
                                                   "model": "mock-model", "max_concurrent": 6}],
                     "queue_timeout": "300ms", "retry": {"attempts": 1},
-                    "timeouts": {"first_chunk": "300ms", "idle": "300ms"}}],
+                    # A non-streaming request to a stalled upstream waits for `request`: keep it short here.
+                    "timeouts": {"first_chunk": "300ms", "idle": "300ms", "request": "2s"}}],
         "usage": {"dsn": dsn, "flush_interval": "100ms"},
     })
     rng = random.Random(3)
