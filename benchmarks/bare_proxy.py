@@ -8,12 +8,13 @@ deadlines, no metrics, no admission. `benchmarks/e2e.py --bare-proxy` runs it in
 
 from __future__ import annotations
 
-import asyncio
 import sys
 
 import aiohttp
 import uvloop
 from aiohttp import web
+
+from proxy_server import serve_forever  # benchmarks/ is the script's directory
 
 
 async def main(upstream: str) -> None:
@@ -31,14 +32,7 @@ async def main(upstream: str) -> None:
             await response.write_eof()
             return response
 
-    app = web.Application()
-    app.router.add_post("/{tail:.*}", proxy)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    print(f"sluicegate listening on http://127.0.0.1:{runner.addresses[0][1]}", flush=True)
-    await asyncio.Event().wait()
+    await serve_forever(proxy)
 
 
 if __name__ == "__main__":

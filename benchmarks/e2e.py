@@ -144,7 +144,7 @@ def run_bench(args: argparse.Namespace, url: str, model: str, label: str, cpu_pi
         *("--url", f"{url}/v1", "--model", model, "--endpoint", args.endpoint),
         *("--concurrency", str(args.concurrency), "--requests", str(args.requests)),
         *("--warmup", str(args.warmup), "--max-seconds", str(args.max_seconds), "--label", label),
-        *("--extra-body", json.dumps(extra_body)),
+        *("--extra-body", json.dumps(extra_body), "--ramp", str(args.ramp)),
     ]
     for pid in cpu_pids:
         argv += ["--cpu-pid", str(pid)]
@@ -281,6 +281,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="warm-up requests per run (default: concurrency, so every connection is open)",
     )
+    p.add_argument(
+        "--ramp",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="sluicegate bench --ramp: spread the workers' first requests over this long (default 0: one burst)",
+    )
     p.add_argument("--endpoint", choices=["chat", "completions", "responses"], default="chat")
     p.add_argument("--max-seconds", type=float, default=120.0, help="hard limit per bench run (default 120)")
     p.add_argument("--ready-timeout", type=float, default=20.0, help="seconds to wait for a ready line")
@@ -293,7 +300,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--label", default="", help="free text for the markdown heading")
     p.add_argument("--bare-proxy", action="store_true",
-                   help="run benchmarks/bare_proxy.py (a featureless aiohttp proxy) in place of the gateway: the floor")
+                   help="run benchmarks/bare_proxy.py (a featureless aiohttp proxy) in place of the gateway")
+    p.add_argument("--relay-proxy", action="store_true",
+                   help="run benchmarks/relay_proxy.py (a featureless callback relay, the gateway's design) instead")
     p.add_argument("--json-out", type=Path, default=None, metavar="FILE", help="also write every raw result here")
     p.add_argument("--python", default=sys.executable, help="interpreter for the subprocesses")
     args = p.parse_args(argv)
@@ -319,6 +328,8 @@ def measure(args: argparse.Namespace, children: list[Child], tmp: Path) -> Runs:
     serve = [args.python, "-m", "sluicegate", "serve", "--config", str(config_path)]
     if args.bare_proxy:
         serve = [args.python, str(Path(__file__).with_name("bare_proxy.py")), mock_url]
+    if args.relay_proxy:
+        serve = [args.python, str(Path(__file__).with_name("relay_proxy.py")), mock_url]
     gateway = Child("gateway", serve, GATEWAY_READY)
     children.append(gateway)
     gateway_url = gateway.wait_ready(args.ready_timeout)

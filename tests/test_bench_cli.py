@@ -254,6 +254,16 @@ def test_warmup_is_not_counted(server: StreamServer, capsys: pytest.CaptureFixtu
     assert data["requests"]["ok"] == 4 and data["tokens"]["content_events"] == 20
 
 
+def test_ramp_spreads_the_first_requests(server: StreamServer, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ("--url", server.url("ok"), "--model", "m", "-c", "4", "-n", "4")
+    code, burst = bench_json(capsys, *args)
+    assert code == 0 and burst["ramp_s"] == 0
+    code, ramped = bench_json(capsys, *args, "--ramp", "1.2")
+    assert code == 0 and ramped["ramp_s"] == 1.2 and ramped["requests"]["ok"] == 4
+    # Worker i starts at 1.2 * i / 4 s: the last at 0.9 s, so the run cannot be shorter than that.
+    assert ramped["wall_s"] >= 0.85 and burst["wall_s"] < 0.85
+
+
 def test_max_seconds_stops_the_run(server: StreamServer, capsys: pytest.CaptureFixture[str]) -> None:
     slow = '{"mock": {"tokens": 100, "interval": 0.05}}'  # 5 s per request
     started = time.monotonic()

@@ -76,6 +76,15 @@ def test_variable_default_and_dollar_escape() -> None:
         ({"auth": {"keys": [{"name": "k", "key_sha256": "abc"}]}},
          "auth.keys[0].key_sha256: 'abc' is not allowed: must be 64 hex digits"),
         ({"state": {"backend": "redis"}}, "state.redis_url is required when state.backend is redis"),
+        ({"models": [{"name": "m", "deployments": [{"provider": "openai", "api_base": "http://x",
+                                                    "headers": {"X-Team": "a\r\nHost: elsewhere"}}]}]},
+         "models[0].deployments[0].headers: the value of header 'X-Team' contains a line break or NUL"),
+        ({"models": [{"name": "m", "deployments": [{"provider": "openai", "api_base": "http://x",
+                                                    "headers": {"X Team": "a"}}]}]},
+         "models[0].deployments[0].headers: 'X Team' is not a valid HTTP header name"),
+        ({"models": [{"name": "m", "deployments": [{"provider": "openai", "api_base": "http://x",
+                                                    "api_key": "sk-abc\n"}]}]},
+         "models[0].deployments[0].api_key: <hidden> is not allowed: contains a line break or NUL"),
     ],
 )
 def test_errors_name_key_value_and_rule(tree: dict[str, object], message: str) -> None:

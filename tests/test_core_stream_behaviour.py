@@ -211,3 +211,49 @@ async def test_models_healthz_metrics(gateway: Proc) -> None:
     for name in ("sluicegate_requests_total", "sluicegate_streams_in_flight", "sluicegate_time_to_first_token_seconds",
                  "sluicegate_inter_token_latency_seconds", "sluicegate_event_loop_lag_seconds"):
         assert name in text
+
+
+async def test_non_streaming_response_larger_than_max_event_bytes_is_a_clean_502(mock_upstream: Proc) -> None:
+    proc = start_gateway(one_model(f"{mock_upstream.url}/v1", server={"max_event_bytes": 2048}))
+    try:
+        async with aiohttp.ClientSession() as session:
+            small = {**body(tokens=3), "stream": False}
+            async with session.post(f"{proc.url}/v1/chat/completions", json=small) as resp:
+                assert resp.status == 200 and (await resp.json())["choices"]
+            big = {**body(tokens=400, tag=f"big-{uuid.uuid4()}"), "stream": False}
+            async with session.post(f"{proc.url}/v1/chat/completions", json=big) as resp:
+                assert resp.status == 502
+                error = (await resp.json())["error"]
+            assert error["code"] == "upstream_response_too_large" and "server.max_event_bytes" in error["message"]
+            assert resp.headers["x-sluicegate-attempts"] == "1"  # the same request would get the same answer
+            async with session.post(f"{proc.url}/v1/chat/completions", json=small) as resp:
+                assert resp.status == 200  # the worker and its slots are fine afterwards
+        assert metric(proc.url, "sluicegate_upstream_in_flight") == 0
+    finally:
+        proc.stop()
+
+
+@pytest.mark.parametrize("stream", [True, False])
+async def test_upstream_that_does_not_speak_http_is_a_clean_502(stream: bool) -> None:
+    async def not_http(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)
+        writer.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(5)
+        writer.close()
+
+    server = await asyncio.start_server(not_http, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    proc = start_gateway(one_model(f"http://127.0.0.1:{port}/v1", retry={"attempts": 1}))
+    try:
+        async with aiohttp.ClientSession() as session, session.post(
+            f"{proc.url}/v1/chat/completions", json={**body(tokens=3), "stream": stream}
+        ) as resp:
+            assert resp.status == 502
+            error = (await resp.json())["error"]
+        assert error["code"] == "upstream_connect_error" and error["type"] == "upstream_error"
+        gauges = ("sluicegate_upstream_in_flight", "sluicegate_streams_in_flight")
+        assert await asyncio.to_thread(wait_for, lambda: all(metric(proc.url, g) == 0 for g in gauges), 5.0)
+    finally:
+        proc.stop()
+        server.close()

@@ -82,6 +82,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value
+
+
 def _base_url(text: str) -> str:
     if not text.startswith(("http://", "https://")):
         raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL ending in /v1, got {text!r}")
@@ -155,6 +162,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--label", default=None, help="free text echoed in the output")
     p.add_argument("--warmup", type=_non_negative_int, default=0, metavar="N", help="requests run first, not counted")
+    p.add_argument(
+        "--ramp",
+        type=_non_negative_float,
+        default=0.0,
+        metavar="SECONDS",
+        help="spread the first requests of the --concurrency workers evenly over this many seconds (in each phase), "
+        "so streams start and end at different times as in steady traffic; default 0: all start at once, a burst",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object (seconds) instead of the table")
 
 
@@ -171,6 +186,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         concurrency=args.concurrency,
         requests=args.requests,
         warmup=args.warmup,
+        ramp_s=args.ramp,
         timeout_s=args.timeout,
         max_seconds=args.max_seconds,
         cpu_pids=tuple(dict.fromkeys(args.cpu_pid)),

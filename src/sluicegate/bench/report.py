@@ -32,6 +32,7 @@ def to_json_dict(result: BenchResult) -> dict[str, Any]:
         "concurrency": config.concurrency,
         "requests_planned": config.requests,
         "warmup": config.warmup,
+        "ramp_s": config.ramp_s,
         "unreachable": result.unreachable,
         "stopped_by_max_seconds": result.stopped_by_deadline,
         "wall_s": wall,
@@ -80,7 +81,8 @@ def render_table(result: BenchResult, console: Console) -> None:
         "requests",
         f"ok {req['ok']}  failed {req['failed']}  cancelled {req['cancelled']}"
         f"  not started {req['not_started']}  (planned {data['requests_planned']},"
-        f" concurrency {data['concurrency']}, warm-up {data['warmup']})",
+        f" concurrency {data['concurrency']}, warm-up {data['warmup']}"
+        + (f", ramp {data['ramp_s']:g} s" if data["ramp_s"] else "") + ")",
     )
     errors = data["errors"]
     table.add_row("errors", "  ".join(f"{kind} {n}" for kind, n in errors.items()) if errors else "none")

@@ -38,6 +38,7 @@ class BenchConfig:
     concurrency: int = 1
     requests: int = 1
     warmup: int = 0
+    ramp_s: float = 0.0  # worker i starts its first request at ramp_s * i / concurrency (in each phase)
     timeout_s: float = 120.0
     max_seconds: float = 600.0
     cpu_pids: tuple[int, ...] = ()
@@ -117,6 +118,7 @@ class _RunState:
     spec: RequestSpec
     deadline: float
     sink: ProgressSink | None
+    ramp_s: float = 0.0
     responded_any: bool = False
 
 
@@ -143,7 +145,7 @@ def request_spec(config: BenchConfig) -> RequestSpec:
 
 async def run_bench(config: BenchConfig, sink: ProgressSink | None = None) -> BenchResult:
     loop = asyncio.get_running_loop()
-    state = _RunState(request_spec(config), loop.time() + config.max_seconds, sink)
+    state = _RunState(request_spec(config), loop.time() + config.max_seconds, sink, config.ramp_s)
     measured = Tally()
     stopped = unreachable = False
     wall = 0.0
@@ -186,8 +188,10 @@ async def _run_phase(
         state.sink.phase_started(phase, total)
     remaining = total
 
-    async def worker() -> None:
+    async def worker(index: int) -> None:
         nonlocal remaining
+        if state.ramp_s:
+            await asyncio.sleep(state.ramp_s * index / concurrency)
         while remaining > 0:
             remaining -= 1
             out = RequestOutcome()
@@ -208,8 +212,8 @@ async def _run_phase(
         async with asyncio.timeout_at(state.deadline):
             try:
                 async with asyncio.TaskGroup() as group:
-                    for _ in range(min(concurrency, total)):
-                        group.create_task(worker())
+                    for index in range(min(concurrency, total)):
+                        group.create_task(worker(index))
             except* _Unreachable:
                 raise _Unreachable from None
     except TimeoutError:

@@ -97,6 +97,9 @@ class RetryBudgetConfig(Strict):
     min_per_second: float = Field(default=5.0, ge=0.0)
 
 
+_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
 def _check_http_url(value: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -123,6 +126,23 @@ class DeploymentConfig(Strict):
     @classmethod
     def _api_base(cls, value: str | None) -> str | None:
         return None if value is None else _check_http_url(value)
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, header in value.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a valid HTTP header name (letters, digits and !#$%&'*+-.^_`|~)")
+            if any(c in header for c in "\r\n\0"):
+                raise ValueError(f"the value of header {name!r} contains a line break or NUL")
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _api_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and any(c in value.get_secret_value() for c in "\r\n\0"):
+            raise ValueError("contains a line break or NUL (check the environment variable it comes from)")
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -174,8 +194,8 @@ class ServerConfig(Strict):
     port: int = Field(default=4000, ge=0, le=65535)
     workers: int = Field(default=1, ge=1, le=256)
     max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
-    chunks_per_yield: int = Field(default=16, ge=1)
-    bytes_per_yield: int = Field(default=256 * 1024, ge=1024)
+    chunks_per_yield: int = Field(default=4, ge=1)
+    bytes_per_yield: int = Field(default=32 * 1024, ge=1024)
     heartbeat_interval: Duration = 15.0  # 0 = no heartbeats
     heartbeat_before_first_chunk: bool = False
     max_streams: int = Field(default=0, ge=0)  # per worker process; 0 = unlimited

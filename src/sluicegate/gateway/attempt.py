@@ -11,13 +11,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import aiohttp
-import yarl
-
 from sluicegate.gateway.routing import Deployment
 from sluicegate.observe.metrics import Metrics
 from sluicegate.providers.base import StreamCodec
 from sluicegate.types import GatewayError, GatewayRequest, Outcome
+from sluicegate.upstream.client import UpstreamClient
+from sluicegate.upstream.connection import UpstreamConnection
+from sluicegate.upstream.errors import UpstreamConnectTimeout, UpstreamError
 from sluicegate.wire.errors import WireError
 
 ERROR_BODY_LIMIT = 64 * 1024
@@ -33,11 +33,13 @@ class AttemptFailed(Exception):
 class UpstreamCall:
     """An open upstream response, counted in the deployment's in-flight numbers until `close()` (called once)."""
 
-    __slots__ = ("_closed", "_metrics", "_on_close", "deployment", "response")
+    __slots__ = ("_client", "_closed", "_metrics", "_on_close", "conn", "deployment")
 
-    def __init__(self, deployment: Deployment, metrics: Metrics, on_close: Callable[[], None]) -> None:
+    def __init__(self, client: UpstreamClient, deployment: Deployment, metrics: Metrics,
+                 on_close: Callable[[], None]) -> None:
         self.deployment = deployment
-        self.response: aiohttp.ClientResponse | None = None
+        self.conn: UpstreamConnection | None = None
+        self._client = client
         self._metrics = metrics
         self._on_close = on_close
         self._closed = False
@@ -53,11 +55,8 @@ class UpstreamCall:
         self._on_close()
         self.deployment.in_flight -= 1
         self._metrics.child(self._metrics.upstream_in_flight, self.deployment.label).dec()
-        if self.response is not None:
-            if reuse:
-                self.response.release()
-            else:
-                self.response.close()
+        if self.conn is not None:
+            self._client.release(self.conn, reuse=reuse)
 
 
 @dataclass(slots=True)
@@ -78,67 +77,64 @@ def parse_retry_after(value: str | None) -> float | None:
 
 
 async def send(
-    session: aiohttp.ClientSession, req: GatewayRequest, deployment: Deployment, upstream_model: str, metrics: Metrics,
-    read_bufsize: int, on_close: Callable[[], None],
+    client: UpstreamClient, req: GatewayRequest, deployment: Deployment, upstream_model: str, metrics: Metrics,
+    on_close: Callable[[], None],
 ) -> UpstreamCall:
     """Connect and send; on return the response status and headers are in. Non-200 -> AttemptFailed.
     `on_close` runs once when the call is closed (it releases the deployment slot)."""
     adapter = deployment.adapter
     upstream = adapter.build_request(req, deployment.config, upstream_model)
-    call = UpstreamCall(deployment, metrics, on_close)
+    call = UpstreamCall(client, deployment, metrics, on_close)
     if not req.first_sent:
         req.first_sent = time.monotonic()
         metrics.overhead.observe(req.first_sent - req.arrived)
     try:
-        call.response = await session.post(
-            # encoded=True: a signed URL (SigV4) must go out exactly as it was built and signed.
-            yarl.URL(upstream.url, encoded=True), data=upstream.body, headers=upstream.headers,
-            read_bufsize=read_bufsize,
-            timeout=aiohttp.ClientTimeout(total=None, connect=None, sock_connect=deployment.timeouts.connect),
-        )
-    except aiohttp.ConnectionTimeoutError:
+        call.conn = await client.post(upstream.url, upstream.headers, upstream.body,
+                                      connect_timeout=deployment.timeouts.connect)
+    except UpstreamConnectTimeout:
         call.close()
         raise AttemptFailed("timeout_connect", GatewayError(
             504, f"Timed out connecting to the upstream after {deployment.timeouts.connect:g}s.",
             type="timeout", code="timeout_connect", outcome=Outcome.TIMEOUT_CONNECT)) from None
-    except (aiohttp.ClientConnectionError, OSError) as exc:
+    except UpstreamError as exc:
         call.close()
+        # Refused, unreachable, or closed/reset before any response: nothing was answered, so another attempt
+        # may go anywhere (retry condition connect_error).
         raise AttemptFailed("connect_error", GatewayError(
             502, f"Could not reach the upstream: {type(exc).__name__}.", type="upstream_error",
             code="upstream_connect_error")) from None
     except BaseException:
         call.close()
         raise
-    response = call.response
-    if response.status != 200:
+    conn = call.conn
+    if conn.status != 200:
         try:
-            body = await response.content.read(ERROR_BODY_LIMIT)
-        except (aiohttp.ClientError, OSError):
+            body = await conn.read_all(ERROR_BODY_LIMIT)
+        except UpstreamError:
             body = b""
         call.close()
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        error = adapter.error_from_response(response.status, body, retry_after)
+        retry_after = parse_retry_after(conn.headers.get("retry-after"))
+        error = adapter.error_from_response(conn.status, body, retry_after)
         # The adapter's status is the condition: providers' own codes (Anthropic's 529) map to the standard ones.
         raise AttemptFailed(error.status, error)
     return call
 
 
-async def read_first_event(call: UpstreamCall, req: GatewayRequest, max_event_bytes: int,
-                           read_size: int) -> StreamStart:
+async def read_first_event(call: UpstreamCall, req: GatewayRequest, max_event_bytes: int) -> StreamStart:
     """Read until the codec has the first complete event. The caller's deadline bounds the wait."""
-    assert call.response is not None
+    assert call.conn is not None
     codec = call.deployment.adapter.stream_codec(req, max_event_bytes)
-    content = call.response.content
+    conn = call.conn
     first = b""
     try:
         while not codec.started:
-            data = await content.read(read_size)
+            data = await conn.read()
             if not data:
                 raise AttemptFailed("reset", GatewayError(
                     502, "The upstream ended the stream before sending any event.", type="upstream_error",
                     code="upstream_empty_stream"))
             first = codec.feed(data)
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError):
+    except UpstreamError:
         call.close()
         raise AttemptFailed("reset", GatewayError(
             502, "The upstream connection broke before the first event.", type="upstream_error",
@@ -162,12 +158,19 @@ async def read_first_event(call: UpstreamCall, req: GatewayRequest, max_event_by
     return StreamStart(call, codec, first)
 
 
-async def read_body(call: UpstreamCall) -> bytes:
-    assert call.response is not None
+async def read_body(call: UpstreamCall, limit: int) -> bytes:
+    """A whole non-streaming response, at most `limit` bytes (server.max_event_bytes: the response is one event)."""
+    assert call.conn is not None
     try:
-        return await call.response.read()
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError):
+        body = await call.conn.read_all(limit + 1)
+    except UpstreamError:
         call.close()
         raise AttemptFailed("reset", GatewayError(
             502, "The upstream connection broke while sending the response.", type="upstream_error",
             code="upstream_reset")) from None
+    if len(body) > limit:
+        call.close()
+        # Not retried: the same request would get the same answer.
+        raise GatewayError(502, f"The upstream's response is larger than server.max_event_bytes ({limit} bytes).",
+                           type="upstream_error", code="upstream_response_too_large")
+    return body

@@ -22,6 +22,16 @@ class ClientStream(Protocol):
         Raises ClientGone."""
         ...
 
+    def send(self, data: bytes) -> bool:
+        """Write bytes now, without waiting (the response is committed: the first write went through `write`).
+        Returns True when the client is not draining: write nothing more until `drain()` returns. Raises
+        ClientGone."""
+        ...
+
+    async def drain(self) -> None:
+        """Wait until the client drains (sets `stalled_since` and calls `on_stall` meanwhile). Raises ClientGone."""
+        ...
+
     def digest(self) -> str:
         """Hex SHA-256 of every body byte written so far (the client can verify what it received)."""
         ...

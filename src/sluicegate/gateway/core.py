@@ -12,12 +12,8 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from time import monotonic
-
-import aiohttp
-from aiohappyeyeballs import AddrInfoType
 
 from sluicegate.config.schema import Config
 from sluicegate.gateway.accounting import Accountant, RequestRecord, annotate
@@ -25,7 +21,7 @@ from sluicegate.gateway.admission import Admission, ClientKey, Slots
 from sluicegate.gateway.attempt import AttemptFailed, StreamStart, UpstreamCall, read_body, read_first_event, send
 from sluicegate.gateway.client_stream import ClientGone, ClientStream
 from sluicegate.gateway.deadlines import StreamDeadlines, deadline_error
-from sluicegate.gateway.pump import PumpLimits, pump
+from sluicegate.gateway.pump import Pump, PumpLimits
 from sluicegate.gateway.rate import StreamRateLimiter
 from sluicegate.gateway.retry import RetryDriver
 from sluicegate.gateway.routing import Deployment, Route, Router
@@ -36,6 +32,8 @@ from sluicegate.observe.metrics import Metrics
 from sluicegate.providers.base import NonStreamResult
 from sluicegate.state.base import StateBackend
 from sluicegate.types import GatewayError, GatewayRequest, Outcome
+from sluicegate.upstream.client import UpstreamClient
+from sluicegate.upstream.errors import UpstreamError
 from sluicegate.wire.errors import WireError
 
 log = logging.getLogger("sluicegate.gateway")
@@ -61,15 +59,12 @@ class Gateway:
         self.retry = RetryDriver(metrics, state, self.admission, self.router, self.selector)
         self.lag = LoopLagMonitor(metrics)
         server = config.server
+        self.upstream = UpstreamClient(read_size=server.upstream_read_buffer,
+                                       socket_buffer=server.upstream_socket_buffer)
         self.limits = PumpLimits(server.chunks_per_yield, server.bytes_per_yield)
-        self.session: aiohttp.ClientSession | None = None
         self._budget_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, socket_factory=self._upstream_socket)
-        self.session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",)
-        )
         self.lag.start()
         self._budget_task = asyncio.get_running_loop().create_task(self._publish_budgets())
 
@@ -81,24 +76,13 @@ class Gateway:
                     await self.retry.publish_budget(pool)
             await asyncio.sleep(BUDGET_GAUGE_INTERVAL)
 
-    def _upstream_socket(self, addr_info: AddrInfoType) -> socket.socket:
-        family, type_, proto, _, _ = addr_info
-        sock = socket.socket(family=family, type=type_, proto=proto)
-        size = self.config.server.upstream_socket_buffer
-        if size:
-            # A small kernel receive buffer bounds what one read can bring in while the client is not draining,
-            # so a stalled stream holds little memory on both sides of the gateway. LLM streams need little window.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
-        return sock
-
     async def close(self) -> None:
         self.lag.stop()
         if self._budget_task is not None:
             self._budget_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._budget_task
-        if self.session is not None:
-            await self.session.close()
+        self.upstream.close()
 
     # --- admission checks shared by both paths ------------------------------------------------------------------
     def _shed_check(self, record: RequestRecord) -> None:
@@ -164,14 +148,8 @@ class Gateway:
             if model.max_events_per_second or model.max_bytes_per_second:
                 rate = StreamRateLimiter(model.max_events_per_second, model.max_bytes_per_second, now)
                 rate.delay(start.first, now)  # the first batch went out at once; it still counts
-            assert start.call.response is not None
-            content = start.call.response.content
-            read_size = server.upstream_read_buffer
-
-            def read() -> Awaitable[bytes]:
-                return content.read(read_size)
-
-            await pump(read, codec, client, deadlines, self.limits, record.gaps, monotonic, rate)
+            assert start.call.conn is not None
+            await Pump(start.call.conn, codec, client, deadlines, record.gaps, monotonic, self.limits, rate).run()
             record.usage = codec.usage
             record.finish_reason = codec.finish_reason
             if codec.error is not None:
@@ -215,7 +193,7 @@ class Gateway:
                 record.status = error.status
                 raise annotate(error, record) from None
             await self._end_with_error(client, start, error, clean=True, route=route, req=req)
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, OSError, WireError) as exc:
+        except (UpstreamError, WireError) as exc:
             # The upstream broke after the stream was committed.
             record.outcome = Outcome.UPSTREAM_ERROR
             message = "The upstream connection broke mid-stream." if not isinstance(exc, WireError) else (
@@ -254,11 +232,8 @@ class Gateway:
                               on_close: Callable[[], None], deadlines: StreamDeadlines) -> StreamStart:
         sent_at = monotonic()
         deadlines.waiting_for_first_chunk(sent_at, deployment.timeouts.first_chunk)
-        server = self.config.server
-        assert self.session is not None
-        call = await send(self.session, req, deployment, upstream_model, self.metrics, server.upstream_read_buffer,
-                          on_close)
-        start = await read_first_event(call, req, server.max_event_bytes, server.upstream_read_buffer)
+        call = await send(self.upstream, req, deployment, upstream_model, self.metrics, on_close)
+        start = await read_first_event(call, req, self.config.server.max_event_bytes)
         seconds = monotonic() - sent_at
         deployment.observe_ttft(seconds)
         self.metrics.child(self.metrics.upstream_first_chunk, deployment.label).observe(seconds)
@@ -318,11 +293,9 @@ class Gateway:
 
     async def _attempt_complete(self, req: GatewayRequest, deployment: Deployment, upstream_model: str,
                                 on_close: Callable[[], None]) -> NonStreamResult:
-        assert self.session is not None
-        call: UpstreamCall = await send(self.session, req, deployment, upstream_model, self.metrics,
-                                        self.config.server.upstream_read_buffer, on_close)
+        call: UpstreamCall = await send(self.upstream, req, deployment, upstream_model, self.metrics, on_close)
         try:
-            body = await read_body(call)
+            body = await read_body(call, self.config.server.max_event_bytes)
         finally:
             call.close(reuse=True)
         return deployment.adapter.nonstream_result(req, body)

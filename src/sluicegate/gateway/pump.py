@@ -1,20 +1,24 @@
-"""The pump: upstream bytes -> codec -> client writes, until the upstream ends.
+"""The pump: upstream body -> codec -> client, driven by the upstream connection's read callback.
 
-Where it can block: the upstream read (nothing to forward) and the client write (the client is not draining; the
-write waits and the upstream is not read meanwhile, so TCP pushes back on the upstream). What bounds its memory:
-the upstream reader's buffer (server.upstream_read_buffer, x2 before aiohttp stops reading the socket), one read
-in hand, the codec's partial event (server.max_event_bytes) and the client transport's buffer
-(server.client_write_buffer). What bounds its turn on the loop: after `chunks_per_yield` reads or
-`bytes_per_yield` bytes it yields, so a firehose upstream with a fast client cannot starve other tasks.
+Per upstream read the work is: one timestamp, one codec feed, one histogram bucket, one synchronous write to the
+client transport. No coroutine, future or task per event, no wait_for, no log line, no lock: the request's task
+sleeps in `run()` and wakes only when the stream ends, fails, or the client stops draining.
 
-Per read the work is: one timestamp, one codec feed, one histogram bucket, one write. No task, no wait_for, no
-log line, no lock; deadlines are watched by `StreamDeadlines` from the timestamp alone.
+Where it can block: when the client is not draining (its transport is over the high-water mark) the pump stops
+reading the upstream (`pause_reading`), so TCP pushes back on the upstream, and the task waits for the client to
+drain (watched by the write-stall deadline). A per-stream rate cap holds one batch and pauses reading until the
+batch is due. What bounds its memory: one read (`server.upstream_read_buffer`), the codec's partial event
+(`server.max_event_bytes`) and the client transport's buffer (`server.client_write_buffer`). What bounds its turn
+on the loop: uvloop reads a busy socket up to 32 times per loop turn, so after `chunks_per_yield` reads or
+`bytes_per_yield` bytes in one burst the pump pauses reading and resumes on the next turn (a firehose upstream
+with a fast client cannot starve other streams or /healthz).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sluicegate.gateway.client_stream import ClientStream
@@ -22,54 +26,206 @@ from sluicegate.gateway.deadlines import StreamDeadlines
 from sluicegate.gateway.rate import StreamRateLimiter
 from sluicegate.observe.histogram import LocalHistogram
 from sluicegate.providers.base import StreamCodec
+from sluicegate.upstream.connection import UpstreamConnection
+from sluicegate.upstream.errors import UpstreamError
+
+# Reads closer together than this are one burst (uvloop reads a busy socket up to 32 times per loop turn): the
+# yield budget counts them. A token-paced stream's reads are milliseconds apart and never count up to a yield.
+BURST_GAP = 0.001
 
 
 @dataclass(frozen=True, slots=True)
 class PumpLimits:
-    chunks_per_yield: int = 16
-    bytes_per_yield: int = 256 * 1024
+    chunks_per_yield: int = 4
+    bytes_per_yield: int = 32 * 1024
 
 
-async def pump(
-    read: Callable[[], Awaitable[bytes]],
-    codec: StreamCodec,
-    client: ClientStream,
-    deadlines: StreamDeadlines,
-    limits: PumpLimits,
-    gaps: LocalHistogram,
-    clock: Callable[[], float],
-    rate: StreamRateLimiter | None = None,
-) -> None:
-    feed = codec.feed
-    write = client.write
-    observe = gaps.observe
-    chunks_per_yield = limits.chunks_per_yield
-    bytes_per_yield = limits.bytes_per_yield
-    last_event = deadlines.last_upstream
-    chunks = 0
-    nbytes = 0
-    while True:
-        data = await read()
-        if not data:
-            break
-        now = clock()
-        deadlines.last_upstream = now
-        out = feed(data)
-        if out:
-            observe(now - last_event)
-            last_event = now
-            if rate is not None:
-                delay = rate.delay(out, now)
-                if delay > 0.0:
-                    await asyncio.sleep(delay)
-                    deadlines.last_upstream = clock()  # our own throttling is not upstream silence
-            await write(out)
-        chunks += 1
-        nbytes += len(data)
-        if chunks >= chunks_per_yield or nbytes >= bytes_per_yield:
-            chunks = 0
-            nbytes = 0
-            await asyncio.sleep(0)
-    tail = codec.finish()
-    if tail:
-        await write(tail)
+class Pump:
+    """One stream's relay. `run()` returns when the upstream body ended and everything was written; it raises
+    what broke the stream (UpstreamError, WireError, ClientGone). Cancelling the task stops it at once."""
+
+    __slots__ = (
+        "_client",
+        "_clock",
+        "_codec",
+        "_conn",
+        "_deadlines",
+        "_error",
+        "_gap_bounds",
+        "_gap_counts",
+        "_gap_n",
+        "_gap_sum",
+        "_gaps",
+        "_held",
+        "_held_handle",
+        "_last_event",
+        "_loop",
+        "_max_bytes",
+        "_max_reads",
+        "_rate",
+        "_send",
+        "_stalled",
+        "_stopped",
+        "_turn_bytes",
+        "_turn_reads",
+        "_upstream_done",
+        "_waiter",
+        "_yielding",
+    )
+
+    def __init__(self, conn: UpstreamConnection, codec: StreamCodec, client: ClientStream,
+                 deadlines: StreamDeadlines, gaps: LocalHistogram, clock: Callable[[], float],
+                 limits: PumpLimits, rate: StreamRateLimiter | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._conn = conn
+        self._codec = codec
+        self._client = client
+        self._send = client.send
+        self._deadlines = deadlines
+        self._gaps = gaps
+        self._gap_bounds = gaps.bounds
+        self._gap_counts = gaps.counts  # bucket counts go straight in; the sum and count are added at the end
+        self._gap_sum = 0.0
+        self._gap_n = 0
+        self._clock = clock
+        self._rate = rate
+        self._max_reads = limits.chunks_per_yield
+        self._max_bytes = limits.bytes_per_yield
+        self._turn_reads = 0
+        self._turn_bytes = 0
+        self._yielding = False  # reading paused until the loop's next turn
+        self._last_event = deadlines.last_upstream
+        self._upstream_done = False  # the upstream body ended (run() finishes once nothing is held back either)
+        self._error: BaseException | None = None
+        self._stalled = False  # the client is not draining; the task waits for it
+        self._held: bytes | None = None  # a batch the rate cap holds back
+        self._held_handle: asyncio.TimerHandle | None = None
+        self._stopped = False  # run() has returned or was cancelled: callbacks do nothing
+        self._waiter: asyncio.Future[None] | None = None
+
+    async def run(self) -> None:
+        try:
+            self._conn.set_sink(self)
+            while self._error is None and not (self._upstream_done and self._held is None):
+                if self._stalled:
+                    await self._client.drain()
+                    self._stalled = False
+                    self._resume()
+                    continue
+                self._waiter = self._loop.create_future()
+                await self._waiter
+            if self._error is not None:
+                raise self._error
+            tail = self._codec.finish()
+            if tail:
+                await self._client.write(tail)
+        finally:
+            self._stop()
+
+    def _stop(self) -> None:
+        if not self._stopped:
+            self._gaps.total += self._gap_sum
+            self._gaps.count += self._gap_n
+        self._stopped = True
+        self._conn.set_sink(None)
+        if self._held_handle is not None:
+            self._held_handle.cancel()
+            self._held_handle = None
+
+    # --- BodySink: called from the upstream read callback --------------------------------------------------------
+    def body(self, data: bytes) -> None:
+        if self._stopped:
+            return
+        try:
+            now = self._clock()
+            deadlines = self._deadlines
+            if now - deadlines.last_upstream > BURST_GAP:
+                self._turn_reads = self._turn_bytes = 0  # not a burst: a paced stream never pays for yielding
+            deadlines.last_upstream = now
+            self._turn_reads += 1
+            self._turn_bytes += len(data)
+            if self._turn_reads >= self._max_reads or self._turn_bytes >= self._max_bytes:
+                self._yield_turn()
+            out = self._codec.feed(data)
+            if out:
+                gap = now - self._last_event
+                self._gap_counts[bisect_left(self._gap_bounds, gap)] += 1
+                self._gap_sum += gap
+                self._gap_n += 1
+                self._last_event = now
+                if self._rate is not None:
+                    delay = self._rate.delay(out, now)
+                    if delay > 0.0:
+                        self._hold(out, delay)
+                        return
+                if self._send(out):
+                    self._stall()
+        except Exception as exc:  # a malformed stream, a client that is gone: the task decides what it means
+            self._fail(exc)
+
+    def end(self) -> None:
+        if self._stopped:
+            return
+        self._upstream_done = True
+        if self._held is None:  # with a batch held back, its release finishes the stream
+            self._wake()
+
+    def lost(self, exc: UpstreamError) -> None:
+        if not self._stopped:
+            self._fail(exc)
+
+    # --- slow paths ---------------------------------------------------------------------------------------------
+    def _stall(self) -> None:
+        self._stalled = True
+        self._conn.pause_reading()
+        self._wake()
+
+    def _hold(self, out: bytes, delay: float) -> None:
+        self._held = out
+        self._conn.pause_reading()
+        self._held_handle = self._loop.call_later(delay, self._release_held)
+
+    def _release_held(self) -> None:
+        self._held_handle = None
+        out, self._held = self._held, None
+        if self._stopped or out is None:
+            return
+        self._deadlines.last_upstream = self._clock()  # our own throttling is not upstream silence
+        try:
+            if self._send(out):
+                self._stall()
+        except Exception as exc:
+            self._fail(exc)
+            return
+        if self._upstream_done:
+            self._wake()
+        else:
+            self._resume()
+
+    def _yield_turn(self) -> None:
+        if self._yielding:
+            return
+        self._yielding = True
+        self._conn.pause_reading()
+        self._loop.call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        self._turn_reads = 0
+        self._turn_bytes = 0
+        self._yielding = False
+        if not self._stopped:
+            self._resume()
+
+    def _resume(self) -> None:
+        if not self._stalled and self._held is None and not self._yielding:
+            self._conn.resume_reading()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)

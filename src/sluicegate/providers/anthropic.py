@@ -33,7 +33,7 @@ from sluicegate.providers.chat_request import (
 from sluicegate.providers.openai_chunks import ToolCallOut, UsageCounts, completion_body
 from sluicegate.providers.sse_data import SSEDataReader
 from sluicegate.providers.translating_codec import TranslatingCodec, event_error_status
-from sluicegate.providers.upstream_errors import json_or_none, malformed_response, provider_error
+from sluicegate.providers.upstream_errors import error_fields, json_or_none, malformed_response, provider_error
 from sluicegate.types import GatewayError, GatewayRequest
 from sluicegate.wire.errors import CorruptFrame
 
@@ -327,11 +327,7 @@ class AnthropicAdapter:
 
     def error_from_response(self, status: int, body: bytes, retry_after: float | None) -> GatewayError:
         obj = json_or_none(body)
-        error = obj.get("error") if isinstance(obj, dict) else None
-        message = code = None
-        if isinstance(error, dict):
-            message = error.get("message") if isinstance(error.get("message"), str) else None
-            code = error.get("type") if isinstance(error.get("type"), str) else None
+        message, code = error_fields(obj, "type")
         client_status = 503 if status == 529 else status  # 529: Anthropic's "overloaded"
         return provider_error(self.name, status, client_status, message, code, retry_after, body)
 

@@ -346,7 +346,7 @@ class BedrockAdapter:
             **deployment.headers,
         }
         signed = self._signer.sign(url, headers, payload, bedrock_region(deployment.region, deployment.api_base))
-        signed["Accept-Encoding"] = "identity"  # not signed: aiohttp would otherwise add its own
+        signed["Accept-Encoding"] = "identity"  # not signed (added after): stream bytes are read as they were sent
         return UpstreamRequest(url, signed, payload)
 
     def stream_codec(self, req: GatewayRequest, max_event_bytes: int) -> BedrockCodec:

@@ -39,7 +39,7 @@ from sluicegate.providers.chat_request import (
 from sluicegate.providers.openai_chunks import ToolCallOut, UsageCounts, completion_body
 from sluicegate.providers.sse_data import SSEDataReader
 from sluicegate.providers.translating_codec import TranslatingCodec, event_error_status
-from sluicegate.providers.upstream_errors import json_or_none, malformed_response, provider_error
+from sluicegate.providers.upstream_errors import error_fields, json_or_none, malformed_response, provider_error
 from sluicegate.types import GatewayError, GatewayRequest
 from sluicegate.wire.errors import CorruptFrame, WireError
 from sluicegate.wire.json_array import JSONArraySplitter
@@ -345,11 +345,7 @@ class GeminiAdapter:
         obj = json_or_none(body)
         if isinstance(obj, list) and obj:  # the JSON-array form wraps errors too
             obj = obj[0]
-        error = obj.get("error") if isinstance(obj, dict) else None
-        message = code = None
-        if isinstance(error, dict):
-            message = error.get("message") if isinstance(error.get("message"), str) else None
-            code = error.get("status") if isinstance(error.get("status"), str) else None
+        message, code = error_fields(obj, "status")
         return provider_error(self.name, status, status, message, code, retry_after, body)
 
     def nonstream_result(self, req: GatewayRequest, body: bytes) -> NonStreamResult:

@@ -20,6 +20,15 @@ def json_or_none(body: bytes) -> Any:
         return None
 
 
+def error_fields(obj: Any, code_key: str) -> tuple[str | None, str | None]:
+    """(message, code) from a provider's `{"error": {"message": ..., code_key: ...}}` body; None where absent."""
+    error = obj.get("error") if isinstance(obj, dict) else None
+    if not isinstance(error, dict):
+        return None, None
+    message, code = error.get("message"), error.get(code_key)
+    return (message if isinstance(message, str) else None), (code if isinstance(code, str) else None)
+
+
 def openai_error_type(status: int) -> str:
     if status == 401:
         return "authentication_error"

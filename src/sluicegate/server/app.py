@@ -188,7 +188,7 @@ async def _tune_gc(app: web.Application) -> None:
         return
     gc.collect()
     gc.freeze()
-    gc.set_threshold(20_000, 20, 20)
+    gc.set_threshold(20_000, 50, 1000)
 
 
 def create_app(config: Config, metrics_: Metrics | None = None) -> web.Application:

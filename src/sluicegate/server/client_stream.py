@@ -29,12 +29,14 @@ class _EventStreamResponse(web.StreamResponse):
 
 class AiohttpClientStream:
     __slots__ = (
+        "_chunked",
         "_end_timeout",
         "_loop",
         "_prepare",
         "_protocol",
         "_request",
         "_sha",
+        "_transport",
         "_write_buffer_high",
         "_writer",
         "bytes_sent",
@@ -51,6 +53,8 @@ class AiohttpClientStream:
         self._protocol = request.protocol
         self._loop = asyncio.get_running_loop()
         self._writer: StreamWriter | None = None
+        self._transport: asyncio.Transport | None = None  # set once the response is prepared (committed)
+        self._chunked = True
         self._prepare: asyncio.Task[StreamWriter] | None = None
         self._write_buffer_high = write_buffer_high
         self._end_timeout = end_timeout
@@ -70,6 +74,8 @@ class AiohttpClientStream:
         if transport is not None:
             # A small high-water mark keeps memory per stream small; the kernel's socket buffer does the rest.
             transport.set_write_buffer_limits(high=self._write_buffer_high)
+            self._transport = transport
+        self._chunked = writer.chunked
         self._writer = writer
         return writer
 
@@ -95,16 +101,38 @@ class AiohttpClientStream:
             raise ClientGone(str(exc)) from None
         self.bytes_sent += len(data)
         self._sha.update(data)
-        if self._protocol.writing_paused:
-            self.stalled_since = now = self._loop.time()
-            if self.on_stall is not None:
-                self.on_stall(now)
-            try:
-                await writer.drain()
-            except (ConnectionError, ClientConnectionResetError) as exc:
-                raise ClientGone(str(exc)) from None
-            finally:
-                self.stalled_since = 0.0
+        await self.drain()
+
+    def send(self, data: bytes) -> bool:
+        # The hot path: straight to the transport in HTTP/1.1 chunked framing (aiohttp's writer would add two
+        # coroutine calls per event). aiohttp's writer still ends the body (write_eof) and owns keep-alive.
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            raise ClientGone("the client connection is closed")
+        if not data:
+            return self._protocol.writing_paused  # an empty chunk would end the chunked body
+        if self._chunked:
+            transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        else:
+            transport.write(data)
+        self.bytes_sent += len(data)
+        self._sha.update(data)
+        # Nothing buffered means the kernel took it all and the transport cannot be paused: skip the property call.
+        return transport.get_write_buffer_size() > 0 and self._protocol.writing_paused
+
+    async def drain(self) -> None:
+        writer = self._writer
+        if writer is None or not self._protocol.writing_paused:
+            return
+        self.stalled_since = now = self._loop.time()
+        if self.on_stall is not None:
+            self.on_stall(now)
+        try:
+            await writer.drain()
+        except (ConnectionError, ClientConnectionResetError) as exc:
+            raise ClientGone(str(exc)) from None
+        finally:
+            self.stalled_since = 0.0
 
     def digest(self) -> str:
         return self._sha.hexdigest()
@@ -112,7 +140,10 @@ class AiohttpClientStream:
     def heartbeat(self) -> None:
         if self._writer is None and self.committed and self._prepare is None:
             return  # the first write is preparing the response right now; a ping can wait for the next interval
-        if self._writer is not None and self._protocol.writing_paused:
+        if self._writer is not None:
+            if not self._protocol.writing_paused:
+                with contextlib.suppress(ClientGone):  # a client that is gone is noticed by the stream itself
+                    self.send(PING_COMMENT)
             return
         task = self._loop.create_task(self._write_quietly(PING_COMMENT))
         task.add_done_callback(_consume)

@@ -44,20 +44,16 @@ class SSEFrameSplitter:
     the input is held back: it may be the first half of a CRLF split across reads.
     """
 
-    __slots__ = ("_max", "_pending", "_pending_len", "_tail")
+    __slots__ = ("_max", "_pending", "_tail", "pending_bytes")
 
     def __init__(self, max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> None:
         self._max = max_event_bytes
         self._pending: list[bytes] = []
-        self._pending_len = 0
+        self.pending_bytes = 0  # read-only outside: bytes held for an event not yet complete
         self._tail = b""  # last bytes held (at most 3), to find a boundary that straddles two reads
 
-    @property
-    def pending_bytes(self) -> int:
-        return self._pending_len
-
     def feed(self, data: bytes) -> bytes:
-        if not self._pending_len and data.endswith(b"\n\n"):
+        if not self.pending_bytes and data.endswith(b"\n\n"):
             # The common case: a read of whole events (LF LF ends an event whatever came before it).
             return data
         tail = self._tail
@@ -84,9 +80,9 @@ class SSEFrameSplitter:
     def _hold(self, data: bytes) -> bytes:
         if data:
             self._pending.append(data)
-            self._pending_len += len(data)
+            self.pending_bytes += len(data)
             self._tail = (self._tail + data)[-3:]
-            if self._pending_len > self._max:
+            if self.pending_bytes > self._max:
                 raise FrameTooLarge(f"SSE event larger than {self._max} bytes")
         return b""
 
@@ -97,7 +93,7 @@ class SSEFrameSplitter:
             pending.clear()
         else:
             out = data if end == len(data) else data[:end]
-        self._pending_len = 0
+        self.pending_bytes = 0  # read-only outside: bytes held for an event not yet complete
         self._tail = b""
         if end != len(data):
             self._hold(data[end:])
@@ -107,7 +103,7 @@ class SSEFrameSplitter:
         """At end of stream: the bytes of an unterminated event (the spec discards it; pass-through forwards it)."""
         out = b"".join(self._pending)
         self._pending.clear()
-        self._pending_len = 0
+        self.pending_bytes = 0  # read-only outside: bytes held for an event not yet complete
         self._tail = b""
         return out
 

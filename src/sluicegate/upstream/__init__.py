@@ -1,0 +1,1 @@
+"""The upstream HTTP/1.1 client (connections, keep-alive pools) the gateway streams from."""
