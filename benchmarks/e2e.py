@@ -19,7 +19,9 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -46,9 +48,12 @@ class BenchmarkError(Exception):
 class Child:
     """A subprocess whose output is drained by a thread; ready once a line matches `ready`."""
 
-    def __init__(self, name: str, argv: list[str], ready: re.Pattern[str]) -> None:
+    def __init__(self, name: str, argv: list[str], ready: re.Pattern[str] | str) -> None:
+        """`ready` is a pattern for the line that announces the URL, or the URL itself when the program prints
+        nothing (nginx): the child is ready once that port accepts connections."""
         self.name = name
-        self._ready_pattern = ready
+        self._ready_pattern = ready if isinstance(ready, re.Pattern) else None
+        self._ready_url = ready if isinstance(ready, str) else None
         self._ready = threading.Event()
         self.url: str | None = None
         self.tail: deque[str] = deque(maxlen=40)
@@ -73,12 +78,14 @@ class Child:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             self.tail.append(line.rstrip("\n"))
-            if self.url is None and (match := self._ready_pattern.search(line)):
+            if self.url is None and self._ready_pattern and (match := self._ready_pattern.search(line)):
                 self.url = match.group(1).rstrip("/")
                 self._ready.set()
         self._ready.set()  # EOF: wake wait_ready so it can report the early exit
 
     def wait_ready(self, timeout_s: float) -> str:
+        if self._ready_url is not None:
+            self._poll_port(self._ready_url, timeout_s)
         self._ready.wait(timeout_s)
         if self.url is not None:
             return self.url
@@ -88,6 +95,16 @@ class Child:
             exited = None
         state = f"exited with code {exited}" if exited is not None else f"no ready line within {timeout_s:g} s"
         raise BenchmarkError(f"{self.name} did not start ({state}). Last output:\n{self.output()}")
+
+    def _poll_port(self, url: str, timeout_s: float) -> None:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            with contextlib.suppress(OSError), socket.create_connection((host, int(port)), timeout=1):
+                self.url = url
+                self._ready.set()
+                return
+            time.sleep(0.05)
 
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
@@ -135,6 +152,47 @@ def gateway_config(mock_url: str, extra_file: Path | None) -> dict[str, Any]:
             raise BenchmarkError(f"{extra_file}: the extra gateway config must be a YAML mapping")
         config = deep_merge(config, extra)
     return config
+
+
+NGINX_CONF = """\
+# One process (no master), so its CPU time is the whole proxy's. Streaming settings as nginx's docs give them
+# for SSE: no response buffering, HTTP/1.1 keep-alive to the upstream.
+daemon off;
+master_process off;
+worker_processes 1;
+pid {tmp}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    upstream mock {{ server {upstream}; keepalive 512; }}
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_request_buffering off;
+        }}
+    }}
+}}
+"""
+
+
+def nginx_command(mock_url: str, tmp: Path) -> tuple[list[str], str]:
+    """nginx as a pass-through proxy in front of the mock (`--nginx`): the command and the URL it serves."""
+    nginx = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx",) if Path(p).exists()), None)
+    if nginx is None:
+        raise BenchmarkError("--nginx needs nginx (e.g. apt-get install nginx-light)")
+    with socket.socket() as probe:  # a free port; nginx cannot report the one it picked
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    conf = tmp / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(tmp=tmp, upstream=mock_url.removeprefix("http://"), port=port))
+    return [nginx, "-c", str(conf), "-p", str(tmp), "-e", "stderr"], f"http://127.0.0.1:{port}"
 
 
 def run_bench(args: argparse.Namespace, url: str, model: str, label: str, cpu_pids: list[int]) -> dict[str, Any]:
@@ -303,6 +361,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run benchmarks/bare_proxy.py (a featureless aiohttp proxy) in place of the gateway")
     p.add_argument("--relay-proxy", action="store_true",
                    help="run benchmarks/relay_proxy.py (a featureless callback relay, the gateway's design) instead")
+    p.add_argument("--nginx", action="store_true",
+                   help="run nginx (one process, proxy_buffering off) in place of the gateway: the C reference")
     p.add_argument("--json-out", type=Path, default=None, metavar="FILE", help="also write every raw result here")
     p.add_argument("--python", default=sys.executable, help="interpreter for the subprocesses")
     args = p.parse_args(argv)
@@ -330,7 +390,10 @@ def measure(args: argparse.Namespace, children: list[Child], tmp: Path) -> Runs:
         serve = [args.python, str(Path(__file__).with_name("bare_proxy.py")), mock_url]
     if args.relay_proxy:
         serve = [args.python, str(Path(__file__).with_name("relay_proxy.py")), mock_url]
-    gateway = Child("gateway", serve, GATEWAY_READY)
+    ready: re.Pattern[str] | str = GATEWAY_READY
+    if args.nginx:
+        serve, ready = nginx_command(mock_url, tmp)
+    gateway = Child("gateway", serve, ready)
     children.append(gateway)
     gateway_url = gateway.wait_ready(args.ready_timeout)
     print(f"mock {mock_url} (pid {mock.pid}), gateway {gateway_url} (pid {gateway.pid})", file=sys.stderr)

@@ -441,7 +441,9 @@ async def test_real_gateway_dashboard_in_headless_chromium_moves_under_load(mock
         async with aiohttp.ClientSession() as session:
             while not stop.is_set():
                 async with session.post(f"{proc.url}/v1/chat/completions", json={
-                        "model": "live-model", "stream": True, "mock": {"tokens": 10, "interval": 0.02}}) as resp:
+                        "model": "live-model", "stream": True,
+                        # A first token 10 ms out keeps the page's TTFT in milliseconds (the gateway alone is <1 ms).
+                        "mock": {"tokens": 10, "interval": 0.02, "first_delay": 0.01}}) as resp:
                     await resp.read()
 
     loaders = [asyncio.get_running_loop().create_task(load()) for _ in range(4)]

@@ -546,7 +546,9 @@ async def test_a_full_queue_drops_and_counts_without_blocking(tmp_path: Path) ->
         assert accepted == 100
         assert recorder.dropped == 900 and recorder.written == 0
         assert drops == [(DropReason.QUEUE_FULL, 1)] * 900
-        assert slowest < 0.005  # generous: submit is ~1 µs; it must never wait for the store
+        # submit is ~1 µs; one that waited for the locked store would take the busy timeout (50 ms) at least.
+        # The bound leaves room for a loaded machine descheduling the test for a few ms.
+        assert slowest < 0.04
     await recorder.close()
     await store.close()
     assert recorder.written == 100

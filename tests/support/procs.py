@@ -5,9 +5,11 @@ A process prints one ready line with its URL; we wait for it (bounded) and alway
 
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,12 +21,15 @@ from typing import Any
 import yaml
 
 READY_TIMEOUT = 30.0
+# Logs, configs and usage databases of the test processes: one directory, removed when the test run ends.
+SCRATCH = tempfile.mkdtemp(prefix="sluicegate-tests-")
+atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
 _URL = re.compile(r"listening on (http://\S+)")
 
 
 class Proc:
     def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
-        self.log = tempfile.NamedTemporaryFile(prefix="sluicegate-test-", suffix=".log", delete=False)  # noqa: SIM115
+        self.log = tempfile.NamedTemporaryFile(prefix="sluicegate-test-", suffix=".log", dir=SCRATCH, delete=False)  # noqa: SIM115
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "sluicegate", *args], stdout=subprocess.PIPE, stderr=self.log, env=full_env,
@@ -82,12 +87,13 @@ def start_mock(*extra: str) -> Proc:
 def start_gateway(config: dict[str, Any] | None, env: dict[str, str] | None = None, *extra: str) -> Proc:
     """config=None runs the embedded default."""
     args = ["serve", "--port", "0", *extra]
-    env = {"SLUICEGATE_USAGE_DSN": tempfile.mktemp(prefix="sluicegate-usage-", suffix=".db"), **(env or {})}
+    env = {"SLUICEGATE_USAGE_DSN": tempfile.mktemp(prefix="sluicegate-usage-", suffix=".db", dir=SCRATCH),
+           **(env or {})}
     if config is not None:
         config = {**config, "server": {"host": "127.0.0.1", "port": 0, **config.get("server", {})}}
         if "usage" not in config:
-            config["usage"] = {"dsn": tempfile.mktemp(prefix="sluicegate-usage-", suffix=".db")}
-        with tempfile.NamedTemporaryFile("w", prefix="sluicegate-", suffix=".yaml", delete=False) as f:
+            config["usage"] = {"dsn": tempfile.mktemp(prefix="sluicegate-usage-", suffix=".db", dir=SCRATCH)}
+        with tempfile.NamedTemporaryFile("w", prefix="sluicegate-", suffix=".yaml", dir=SCRATCH, delete=False) as f:
             yaml.safe_dump(config, f)
         args += ["--config", f.name]
     return Proc(args, env)

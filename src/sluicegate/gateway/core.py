@@ -204,6 +204,9 @@ class Gateway:
                                        clean=True)
         finally:
             deadlines.stop()
+            # client -> deadlines -> (closure) -> client is a reference cycle holding the request's whole object
+            # graph (aiohttp request, response, task): break it so refcounting frees them now, not a GC pass.
+            client.on_stall = None
             if start is not None:
                 start.call.close(reuse=clean_end)
             if slots is not None:
