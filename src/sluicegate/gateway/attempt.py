@@ -114,10 +114,14 @@ async def send(
             body = b""
         call.close()
         retry_after = parse_retry_after(conn.headers.get("retry-after"))
-        error = adapter.error_from_response(conn.status, body, retry_after)
-        # The adapter's status is the condition: providers' own codes (Anthropic's 529) map to the standard ones.
-        raise AttemptFailed(error.status, error)
+        # Not kept in a local: this frame, kept alive by the traceback, must not hold what is raised (a cycle).
+        raise _status_failed(adapter.error_from_response(conn.status, body, retry_after))
     return call
+
+
+def _status_failed(error: GatewayError) -> AttemptFailed:
+    # The adapter's status is the condition: providers' own codes (Anthropic's 529) map to the standard ones.
+    return AttemptFailed(error.status, error)
 
 
 async def read_first_event(call: UpstreamCall, req: GatewayRequest, max_event_bytes: int) -> StreamStart:

@@ -115,7 +115,7 @@ class Pump:
                 self._waiter = self._loop.create_future()
                 await self._waiter
             if self._error is not None:
-                raise self._error
+                raise self._take_error()
             tail = self._codec.finish()
             if tail:
                 await self._client.write(tail)
@@ -219,6 +219,12 @@ class Pump:
     def _resume(self) -> None:
         if not self._stalled and self._held is None and not self._yielding:
             self._conn.resume_reading()
+
+    def _take_error(self) -> BaseException:
+        # Not kept: its traceback holds run()'s frame, which holds this pump (a reference cycle).
+        error, self._error = self._error, None
+        assert error is not None
+        return error
 
     def _fail(self, exc: BaseException) -> None:
         if self._error is None:

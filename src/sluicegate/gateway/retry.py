@@ -71,7 +71,7 @@ class _Run(Generic[T]):
                 return await self.pool(pool, matched, requested)
             except _PoolFailed as failed:
                 if position + 1 == len(pools) or not failed.fallback_worthy:
-                    raise failed.error from None
+                    raise failed.detach() from None
         raise AssertionError("unreachable")
 
     async def pool(self, pool: ModelPool, matched: str, requested: str) -> T:
@@ -106,21 +106,22 @@ class _Run(Generic[T]):
                 server_side = counts_against_deployment(condition)
                 if server_side:
                     await self.d.selector.record(pool, deployment, ok=False)
-                error = failure.error
+                # failure.error, never a local: this frame outlives the raise in the traceback, and a local holding
+                # the error that is raised on would make a reference cycle of the whole request.
                 if condition not in policy.on:
-                    raise _PoolFailed(error, fallback_worthy=server_side) from None
+                    raise _PoolFailed(failure.error, fallback_worthy=server_side) from None
                 if attempts >= policy.attempts:
                     if policy.attempts > 1:
                         self.d.metrics.retries.labels(pool.name, "exhausted").inc()
-                    raise _PoolFailed(error, fallback_worthy=True) from None
+                    raise _PoolFailed(failure.error, fallback_worthy=True) from None
                 if not await state.budget_try_withdraw(f"budget:{pool.name}", budget.ratio, budget.min_per_second):
                     self.d.metrics.retries.labels(pool.name, "budget_exhausted").inc()
-                    raise _PoolFailed(error, fallback_worthy=True) from None
+                    raise _PoolFailed(failure.error, fallback_worthy=True) from None
                 self.d.metrics.retries.labels(pool.name, "failed").inc()
                 await self.d.publish_budget(pool)
                 tried.add(index)
                 same = len(tried) >= len(pool.deployments)
-                await asyncio.sleep(self.d.backoff(attempts, error, same=same, pool=pool))
+                await asyncio.sleep(self.d.backoff(attempts, failure.error, same=same, pool=pool))
                 continue
             metrics = self.d.metrics
             metrics.child(metrics.upstream_requests, deployment.label, "ok").inc()
@@ -265,6 +266,15 @@ class _PoolFailed(Exception):
         super().__init__(error.message)
         self.error = error
         self.fallback_worthy = fallback_worthy
+
+    def detach(self) -> GatewayError:
+        """The error to answer with, unlinked from this exception. Raised while this one is handled, the error's
+        context is this exception; this one (and the attempt failure that is its own context) holding the error
+        would make a reference cycle, which keeps the request's frames and objects alive until a GC pass."""
+        error = self.error
+        del self.error
+        self.__context__ = None
+        return error
 
 
 class RetryDriver:

@@ -16,6 +16,7 @@ caps); the kernel's receive buffer then fills and TCP pushes back on the upstrea
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import Callable
 from typing import Protocol, cast
 
@@ -32,6 +33,13 @@ class BodySink(Protocol):
     def end(self) -> None: ...
 
     def lost(self, exc: UpstreamError) -> None: ...
+
+
+class _NoCallbacks:
+    pass
+
+
+_DETACHED_PARSER = httptools.HttpResponseParser(_NoCallbacks())  # in place of a closed connection's parser
 
 
 class UpstreamConnection(asyncio.BufferedProtocol):
@@ -103,6 +111,15 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         return False  # close the transport; connection_lost decides what the end means
 
     def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            self._lost()
+        finally:
+            # The parser and the transport point back at this protocol: let go of them, so a closed connection
+            # (and the failure it may hold) is freed by reference counting, not by a pass of the cyclic GC.
+            self._parser = _DETACHED_PARSER
+            self.transport = None
+
+    def _lost(self) -> None:
         self.closed = True
         if self.on_lost is not None:
             self.on_lost(self)
@@ -169,13 +186,15 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         """Wait until the status and headers are in. Raises UpstreamError."""
         assert self._head is not None
         await self._head
+        if self._error is not None and not self.status:
+            raise self._raisable()
 
     # --- reading the body as a coroutine ------------------------------------------------------------------------
     async def read(self) -> bytes:
         """The body bytes parsed so far (waiting for some), or b"" at the end. Raises UpstreamError."""
         while not self._parts:
             if self._error is not None:
-                raise self._error
+                raise self._raisable()
             if self._complete:
                 return b""
             self._waiter = self._loop.create_future()
@@ -223,7 +242,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             return
         if self._error is not None:
             self._sink = None
-            sink.lost(self._error)
+            sink.lost(self._raisable())
         elif self._complete:
             self._sink = None
             sink.end()
@@ -265,9 +284,16 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         self._error = exc
         head = self._head
         if head is not None and not head.done():
-            head.set_exception(exc)
+            head.set_result(None)  # response_head() raises; a future holding the exception would be a cycle
         sink = self._sink
         if sink is not None:
             self._sink = None
-            sink.lost(exc)
+            sink.lost(self._raisable())
         self._wake()
+
+    def _raisable(self) -> UpstreamError:
+        """A copy of the failure to raise or hand on. Raising the stored one would give it a traceback whose
+        frames hold this connection, which holds it: a reference cycle that keeps the request's objects alive
+        until a GC pass."""
+        assert self._error is not None
+        return copy.copy(self._error)

@@ -20,7 +20,7 @@ class UpstreamClosed(UpstreamError):
     """The connection ended before the response did. `before_response`: not one byte of the response arrived (on a
     reused keep-alive connection that usually means the upstream closed it while idle, so a fresh one is tried)."""
 
-    def __init__(self, message: str, *, before_response: bool) -> None:
+    def __init__(self, message: str, *, before_response: bool = False) -> None:  # default: copy.copy() works
         super().__init__(message)
         self.before_response = before_response
 
