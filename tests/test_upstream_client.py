@@ -404,6 +404,132 @@ async def case_sink_is_told_when_the_connection_breaks(client: UpstreamClient, t
         assert isinstance(sink.error, UpstreamClosed)
 
 
+class LoopbackProxy:
+    """An HTTP proxy on loopback: CONNECT opens a tunnel to the named host and port; any other request is piped to
+    the host its absolute-form URL names. `heads` keeps the first line of what each connection asked for; with
+    `credentials` it answers 407 unless Proxy-Authorization carries them."""
+
+    def __init__(self, credentials: bytes | None = None) -> None:
+        self.credentials = credentials
+        self.heads: list[bytes] = []
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def __aenter__(self) -> LoopbackProxy:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            head = await reader.readuntil(b"\r\n\r\n")
+            request_line = head.split(b"\r\n", 1)[0]
+            self.heads.append(request_line)
+            if self.credentials is not None and b"Proxy-Authorization: Basic " + self.credentials not in head:
+                writer.write(b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n")
+                writer.close()
+                return
+            method, target, _ = request_line.split(b" ")
+            if method == b"CONNECT":
+                host, port = target.rsplit(b":", 1)
+                upstream_reader, upstream_writer = await asyncio.open_connection(host.decode(), int(port))
+                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            else:
+                authority = target.split(b"/")[2].decode()
+                host, port = authority.rsplit(":", 1)
+                upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
+                upstream_writer.write(head)
+            await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(ConnectionError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    writer.close()
+
+
+async def case_https_through_a_proxy_tunnel(client: UpstreamClient, tmp_path: Path) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    saved = os.environ.get("SSL_CERT_FILE")
+    os.environ["SSL_CERT_FILE"] = str(cert)
+    try:
+        async with LoopbackProxy() as proxy, ScriptedServer(answer_chunked, tls=context) as server:
+            proxied = UpstreamClient(read_size=4096, socket_buffer=8192,
+                                     proxies={"https": f"http://127.0.0.1:{proxy.port}"})
+            try:
+                assert await post(proxied, server.url) == (200, b"data: 1\n\ndata: [DONE]\n\n", True)
+                assert (await post(proxied, server.url))[1] == b"data: 2\n\ndata: [DONE]\n\n"
+            finally:
+                proxied.close()
+        port = server.url.split("/")[2].split(":")[1]
+        assert proxy.heads == [f"CONNECT localhost:{port} HTTP/1.1".encode()]  # one tunnel, kept alive
+        assert server.requests[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")  # origin form inside TLS
+    finally:
+        if saved is None:
+            del os.environ["SSL_CERT_FILE"]
+        else:
+            os.environ["SSL_CERT_FILE"] = saved
+
+
+async def case_http_through_a_proxy_with_credentials(client: UpstreamClient, tmp_path: Path) -> None:
+    async with LoopbackProxy(credentials=b"dXNlcjpwQHNz") as proxy, ScriptedServer(answer_chunked) as server:
+        proxied = UpstreamClient(read_size=4096, socket_buffer=8192,
+                                 proxies={"http": f"http://user:p%40ss@127.0.0.1:{proxy.port}"})  # p@ss
+        try:
+            assert await post(proxied, server.url) == (200, b"data: 1\n\ndata: [DONE]\n\n", True)
+        finally:
+            proxied.close()
+    assert proxy.heads == [f"POST {server.url} HTTP/1.1".encode()]  # absolute form to a proxy
+    assert b"Proxy-Authorization" in server.requests[0]  # piped as sent (a real proxy would strip it)
+
+
+async def case_proxy_refusal_is_a_connect_error(client: UpstreamClient, tmp_path: Path) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    async with LoopbackProxy(credentials=b"c2VjcmV0") as proxy, ScriptedServer(answer_chunked, tls=context) as server:
+        proxied = UpstreamClient(read_size=4096, socket_buffer=8192,
+                                 proxies={"https": f"http://127.0.0.1:{proxy.port}"})
+        try:
+            with pytest.raises(UpstreamConnectError, match=r"answered CONNECT .* with 407 .*credentials"):
+                await post(proxied, server.url)
+        finally:
+            proxied.close()
+    assert server.connections == 0
+
+
+async def case_no_proxy_and_bad_proxy_urls(client: UpstreamClient, tmp_path: Path) -> None:
+    async with ScriptedServer(answer_chunked) as server:
+        bypassed = UpstreamClient(read_size=4096, socket_buffer=8192,
+                                  proxies={"http": "http://127.0.0.1:9", "no": "localhost,127.0.0.1"})
+        broken = UpstreamClient(read_size=4096, socket_buffer=8192, proxies={"http": "socks5://127.0.0.1:1080"})
+        try:
+            assert (await post(bypassed, server.url))[0] == 200  # NO_PROXY names the host: straight there
+            with pytest.raises(UpstreamConnectError, match=r"HTTP_PROXY='socks5://127\.0\.0\.1:1080': a proxy must"):
+                await post(broken, server.url)
+        finally:
+            bypassed.close()
+            broken.close()
+
+
+def test_proxies_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "vllm.internal")
+    client = UpstreamClient(read_size=4096, socket_buffer=0)
+    proxy = client.proxy_for(("https", "api.openai.com", 443))
+    assert proxy is not None and (proxy.host, proxy.port) == ("proxy.internal", 3128)
+    assert client.proxy_for(("https", "vllm.internal", 443)) is None
+    assert client.proxy_for(("http", "api.openai.com", 80)) is None  # HTTP_PROXY is not set
+
+
 CASES = {name.removeprefix("case_"): fn for name, fn in dict(globals()).items() if name.startswith("case_")}
 
 
@@ -411,7 +537,7 @@ CASES = {name.removeprefix("case_"): fn for name, fn in dict(globals()).items() 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_upstream_client(case: str, loop: str, tmp_path: Path) -> None:
     async def main() -> None:
-        client = UpstreamClient(read_size=4096, socket_buffer=8192)
+        client = UpstreamClient(read_size=4096, socket_buffer=8192, proxies={})  # whatever the environment says
         try:
             await asyncio.wait_for(CASES[case](client, tmp_path), 30)
         finally:

@@ -1,5 +1,5 @@
 """The gateway's upstream HTTP/1.1 client: keep-alive pools per (scheme, host, port), cached DNS, TLS, a connect
-deadline, and small kernel receive buffers.
+deadline, small kernel receive buffers, and HTTP proxies from the environment (HTTPS_PROXY, HTTP_PROXY, NO_PROXY).
 
 Why not aiohttp's client here: a streamed body read through `StreamReader` costs a future, a coroutine resumption
 and a writer coroutine per event. `UpstreamConnection.set_sink` hands each read to the relay from the read
@@ -10,17 +10,23 @@ Node.js uses); this module only writes request heads, which needs no parser.
 from __future__ import annotations
 
 import asyncio
+import base64
 import ipaddress
 import socket
 import ssl
 import time
-from collections.abc import Mapping
+import urllib.request
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from sluicegate.upstream.connection import UpstreamConnection
 from sluicegate.upstream.errors import UpstreamClosed, UpstreamConnectError, UpstreamConnectTimeout
+from sluicegate.upstream.proxy import HttpProxy, open_tunnel
+
+# NO_PROXY matching as urllib does it (host names, domain suffixes, "*", host:port); not in typeshed's stubs.
+_proxy_bypass: Callable[[str, Mapping[str, str]], bool] = getattr(urllib.request, "proxy_bypass_environment")  # noqa: B009
 
 PoolKey = tuple[str, str, int]
 Address = tuple[int, int, int, tuple[Any, ...]]  # family, type, proto, socket address
@@ -52,8 +58,9 @@ def parse_target(url: str) -> Target:
     return Target((scheme, host, port), host_header.encode("ascii"), path.encode("ascii"))
 
 
-def request_bytes(target: Target, headers: Mapping[str, str], body: bytes) -> bytes:
-    """The whole request in one buffer (one write, one packet for small bodies)."""
+def request_bytes(target: Target, headers: Mapping[str, str], body: bytes, proxy: HttpProxy | None = None) -> bytes:
+    """The whole request in one buffer (one write, one packet for small bodies). Through a proxy (plain http
+    targets only; https goes through a CONNECT tunnel) the request line names the whole URL."""
     fields = "".join(f"{name}: {value}\r\n" for name, value in headers.items()
                      if name.lower() not in _FRAMING)  # framing is ours
     # Configured headers are validated at load; this guards the rest (adapters, signers) in one pass: each field
@@ -62,7 +69,11 @@ def request_bytes(target: Target, headers: Mapping[str, str], body: bytes) -> by
     if fields.count("\r") != lines or fields.count("\r\n") != lines or "\0" in fields or lines != sum(
             1 for name in headers if name.lower() not in _FRAMING):
         raise ValueError("invalid character in an upstream header (line break or NUL)")
-    return b"".join((b"POST ", target.request_target, b" HTTP/1.1\r\nHost: ", target.host_header,
+    request_target = target.request_target
+    if proxy is not None:
+        request_target = b"http://" + target.host_header + request_target
+        fields += proxy.authorization_field
+    return b"".join((b"POST ", request_target, b" HTTP/1.1\r\nHost: ", target.host_header,
                      b"\r\nContent-Length: %d\r\n" % len(body), fields.encode("latin-1"), b"\r\n", body))
 
 
@@ -70,7 +81,11 @@ _FRAMING = frozenset({"host", "content-length", "transfer-encoding", "connection
 
 
 class UpstreamClient:
-    def __init__(self, *, read_size: int, socket_buffer: int, idle_timeout: float = IDLE_TIMEOUT) -> None:
+    def __init__(self, *, read_size: int, socket_buffer: int, idle_timeout: float = IDLE_TIMEOUT,
+                 proxies: Mapping[str, str] | None = None) -> None:
+        """`proxies`: scheme -> proxy URL, plus "no" -> a NO_PROXY list; None reads them from the environment."""
+        self._proxy_settings = dict(urllib.request.getproxies_environment() if proxies is None else proxies)
+        self._proxies: dict[PoolKey, HttpProxy | None] = {}
         self._read_size = read_size
         self._socket_buffer = socket_buffer
         self._idle_timeout = idle_timeout
@@ -92,7 +107,8 @@ class UpstreamClient:
                    connect_timeout: float) -> UpstreamConnection:
         """Send a POST; returns once the response's status and headers are in. Raises UpstreamError."""
         target = self.target(url)
-        request = request_bytes(target, headers, body)
+        proxy = self.proxy_for(target.key)
+        request = request_bytes(target, headers, body, proxy if target.key[0] == "http" else None)
         conn = self._take_idle(target.key)
         if conn is not None:
             try:
@@ -101,7 +117,20 @@ class UpstreamClient:
                 if not exc.before_response:
                     raise
                 # The upstream closed the idle connection as we sent: nothing was processed, use a new one.
-        return await self._exchange(await self._connect(target, connect_timeout), request)
+        return await self._exchange(await self._connect(target, connect_timeout, proxy), request)
+
+    def proxy_for(self, key: PoolKey) -> HttpProxy | None:
+        """The proxy for a target: HTTPS_PROXY / HTTP_PROXY by its scheme unless NO_PROXY names its host.
+        Raises UpstreamConnectError for a proxy URL that is not http://host:port."""
+        if key in self._proxies:
+            return self._proxies[key]
+        scheme, host, _ = key
+        url = self._proxy_settings.get(scheme)
+        proxy = None
+        if url and not _proxy_bypass(host, self._proxy_settings):
+            proxy = _parse_proxy(url, scheme)
+        self._proxies[key] = proxy
+        return proxy
 
     @staticmethod
     async def _exchange(conn: UpstreamConnection, request: bytes) -> UpstreamConnection:
@@ -133,47 +162,59 @@ class UpstreamClient:
                 return conn
         return None
 
-    async def _connect(self, target: Target, connect_timeout: float) -> UpstreamConnection:
+    async def _connect(self, target: Target, connect_timeout: float, proxy: HttpProxy | None) -> UpstreamConnection:
         scheme, host, port = target.key
         loop = asyncio.get_running_loop()
+        tls = scheme == "https"
+
+        def protocol() -> UpstreamConnection:
+            return UpstreamConnection(target.key, self._read_size, loop)
+
         try:
-            async with asyncio.timeout(connect_timeout or None):  # 0 = no limit
-                addresses = await self._resolve(host, port)
-                last_error: OSError | None = None
-                for family, type_, proto, address in addresses:
-                    sock = socket.socket(family, type_, proto)
-                    try:
-                        sock.setblocking(False)
-                        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                        if self._socket_buffer:
-                            # A small receive buffer bounds what the kernel holds for a stream whose client is
-                            # not reading (the upstream is pushed back sooner); LLM streams need little window.
-                            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._socket_buffer)
-                        await loop.sock_connect(sock, address)
-                    except OSError as exc:
-                        sock.close()
-                        last_error = exc
-                        continue
-                    except BaseException:
-                        sock.close()
-                        raise
-                    try:
+            async with asyncio.timeout(connect_timeout or None):  # 0 = no limit; covers proxy, tunnel and TLS too
+                sock = await self._dial(*((proxy.host, proxy.port) if proxy is not None else (host, port)))
+                try:
+                    if proxy is not None and tls:
+                        conn = await open_tunnel(loop, sock, proxy, host, port, self._ssl_context(), protocol)
+                    else:
                         _, conn = await loop.create_connection(
-                            lambda: UpstreamConnection(target.key, self._read_size, loop), sock=sock,
-                            ssl=self._ssl_context() if scheme == "https" else None,
-                            server_hostname=host if scheme == "https" else None)
-                    except BaseException:
-                        sock.close()
-                        raise
-                    self._track(conn)
-                    return conn
-                raise UpstreamConnectError(f"{type(last_error).__name__}: {last_error}")
+                            protocol, sock=sock, ssl=self._ssl_context() if tls else None,
+                            server_hostname=host if tls else None)
+                except BaseException:
+                    sock.close()
+                    raise
+                self._track(conn)
+                return conn
         except TimeoutError:
             raise UpstreamConnectTimeout(f"no connection to {host}:{port} within {connect_timeout:g}s") from None
         except UpstreamConnectError:
             raise
         except OSError as exc:  # name resolution, TLS handshake
             raise UpstreamConnectError(f"{type(exc).__name__}: {exc}") from None
+
+    async def _dial(self, host: str, port: int) -> socket.socket:
+        """A connected TCP socket to the first of the host's addresses that answers."""
+        loop = asyncio.get_running_loop()
+        last_error: OSError | None = None
+        for family, type_, proto, address in await self._resolve(host, port):
+            sock = socket.socket(family, type_, proto)
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self._socket_buffer:
+                    # A small receive buffer bounds what the kernel holds for a stream whose client is not
+                    # reading (the upstream is pushed back sooner); LLM streams need little window.
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self._socket_buffer)
+                await loop.sock_connect(sock, address)
+            except OSError as exc:
+                sock.close()
+                last_error = exc
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        raise UpstreamConnectError(f"{host}:{port}: {type(last_error).__name__}: {last_error}")
 
     def _track(self, conn: UpstreamConnection) -> None:
         self._open.add(conn)
@@ -220,3 +261,19 @@ class UpstreamClient:
             conn.close()
         self._open.clear()
         self._idle.clear()
+
+
+def _parse_proxy(url: str, scheme: str) -> HttpProxy:
+    variable = "HTTPS_PROXY" if scheme == "https" else "HTTP_PROXY"
+    parts = urlsplit(url if "://" in url else f"http://{url}")  # curl's convention: a bare host:port is http
+    try:
+        port = parts.port or 80
+    except ValueError:
+        port = 0
+    if parts.scheme != "http" or not parts.hostname or not port:
+        raise UpstreamConnectError(f"{variable}={url!r}: a proxy must be given as http://[user:password@]host:port")
+    authorization = ""
+    if parts.username is not None:
+        credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        authorization = f"Proxy-Authorization: Basic {base64.b64encode(credentials).decode('ascii')}\r\n"
+    return HttpProxy(parts.hostname, port, authorization)
