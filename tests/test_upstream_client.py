@@ -528,6 +528,8 @@ def test_proxies_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> N
     assert proxy is not None and (proxy.host, proxy.port) == ("proxy.internal", 3128)
     assert client.proxy_for(("https", "vllm.internal", 443)) is None
     assert client.proxy_for(("http", "api.openai.com", 80)) is None  # HTTP_PROXY is not set
+    for loopback in ("localhost", "127.0.0.1", "127.0.0.53", "::1"):  # a model server on this host: direct
+        assert client.proxy_for(("https", loopback, 8000)) is None
 
 
 CASES = {name.removeprefix("case_"): fn for name, fn in dict(globals()).items() if name.startswith("case_")}

@@ -83,8 +83,11 @@ _FRAMING = frozenset({"host", "content-length", "transfer-encoding", "connection
 class UpstreamClient:
     def __init__(self, *, read_size: int, socket_buffer: int, idle_timeout: float = IDLE_TIMEOUT,
                  proxies: Mapping[str, str] | None = None) -> None:
-        """`proxies`: scheme -> proxy URL, plus "no" -> a NO_PROXY list; None reads them from the environment."""
+        """`proxies`: scheme -> proxy URL, plus "no" -> a NO_PROXY list; None reads them from the environment, and
+        then loopback upstreams are always reached directly (as Go's net/http does: a proxy variable set for the
+        internet must not capture a model server on this host, nor the embedded demo upstream)."""
         self._proxy_settings = dict(urllib.request.getproxies_environment() if proxies is None else proxies)
+        self._loopback_direct = proxies is None
         self._proxies: dict[PoolKey, HttpProxy | None] = {}
         self._read_size = read_size
         self._socket_buffer = socket_buffer
@@ -120,14 +123,15 @@ class UpstreamClient:
         return await self._exchange(await self._connect(target, connect_timeout, proxy), request)
 
     def proxy_for(self, key: PoolKey) -> HttpProxy | None:
-        """The proxy for a target: HTTPS_PROXY / HTTP_PROXY by its scheme unless NO_PROXY names its host.
+        """The proxy for a target: HTTPS_PROXY / HTTP_PROXY by its scheme unless NO_PROXY names its host (or, for
+        proxies from the environment, the host is loopback).
         Raises UpstreamConnectError for a proxy URL that is not http://host:port."""
         if key in self._proxies:
             return self._proxies[key]
         scheme, host, _ = key
         url = self._proxy_settings.get(scheme)
         proxy = None
-        if url and not _proxy_bypass(host, self._proxy_settings):
+        if url and not (self._loopback_direct and _is_loopback(host)) and not _proxy_bypass(host, self._proxy_settings):
             proxy = _parse_proxy(url, scheme)
         self._proxies[key] = proxy
         return proxy
@@ -277,3 +281,12 @@ def _parse_proxy(url: str, scheme: str) -> HttpProxy:
         credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
         authorization = f"Proxy-Authorization: Basic {base64.b64encode(credentials).decode('ascii')}\r\n"
     return HttpProxy(parts.hostname, port, authorization)
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
