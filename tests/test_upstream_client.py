@@ -9,7 +9,7 @@ import contextlib
 import datetime
 import os
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -268,9 +268,7 @@ async def case_tls_handshake_counts_against_the_connect_deadline(client: Upstrea
 
 
 async def case_tls_certificate_is_verified(client: UpstreamClient, tmp_path: Path) -> None:
-    cert, key = self_signed_certificate(tmp_path)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
+    context, _ = server_tls(tmp_path)
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(Exception):
@@ -305,22 +303,36 @@ def self_signed_certificate(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-async def case_tls_with_a_private_ca_named_in_ssl_cert_file(client: UpstreamClient, tmp_path: Path) -> None:
-    cert, key = self_signed_certificate(tmp_path)
+def server_tls(directory: Path) -> tuple[ssl.SSLContext, Path]:
+    """A server-side TLS context with a self-signed localhost certificate, and that certificate's file."""
+    cert, key = self_signed_certificate(directory)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
+    return context, cert
+
+
+@contextlib.contextmanager
+def trusting(cert: Path) -> Iterator[None]:
+    """SSL_CERT_FILE names `cert` meanwhile (docs/operations.md: how to trust a private CA); clients made inside
+    trust it."""
     saved = os.environ.get("SSL_CERT_FILE")
-    os.environ["SSL_CERT_FILE"] = str(cert)  # docs/operations.md: how to trust a private CA
+    os.environ["SSL_CERT_FILE"] = str(cert)
     try:
-        async with ScriptedServer(answer_chunked, tls=context) as server:
-            assert await post(client, server.url) == (200, b"data: 1\n\ndata: [DONE]\n\n", True)
-            assert (await post(client, server.url))[0] == 200
-        assert server.connections == 1  # kept alive over TLS too
+        yield
     finally:
         if saved is None:
             del os.environ["SSL_CERT_FILE"]
         else:
             os.environ["SSL_CERT_FILE"] = saved
+
+
+async def case_tls_with_a_private_ca_named_in_ssl_cert_file(client: UpstreamClient, tmp_path: Path) -> None:
+    context, cert = server_tls(tmp_path)
+    with trusting(cert):
+        async with ScriptedServer(answer_chunked, tls=context) as server:
+            assert await post(client, server.url) == (200, b"data: 1\n\ndata: [DONE]\n\n", True)
+            assert (await post(client, server.url))[0] == 200
+        assert server.connections == 1  # kept alive over TLS too
 
 
 class RecordingSink:
@@ -455,12 +467,8 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 
 async def case_https_through_a_proxy_tunnel(client: UpstreamClient, tmp_path: Path) -> None:
-    cert, key = self_signed_certificate(tmp_path)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    saved = os.environ.get("SSL_CERT_FILE")
-    os.environ["SSL_CERT_FILE"] = str(cert)
-    try:
+    context, cert = server_tls(tmp_path)
+    with trusting(cert):
         async with LoopbackProxy() as proxy, ScriptedServer(answer_chunked, tls=context) as server:
             proxied = UpstreamClient(read_size=4096, socket_buffer=8192,
                                      proxies={"https": f"http://127.0.0.1:{proxy.port}"})
@@ -472,11 +480,6 @@ async def case_https_through_a_proxy_tunnel(client: UpstreamClient, tmp_path: Pa
         port = server.url.split("/")[2].split(":")[1]
         assert proxy.heads == [f"CONNECT localhost:{port} HTTP/1.1".encode()]  # one tunnel, kept alive
         assert server.requests[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")  # origin form inside TLS
-    finally:
-        if saved is None:
-            del os.environ["SSL_CERT_FILE"]
-        else:
-            os.environ["SSL_CERT_FILE"] = saved
 
 
 async def case_http_through_a_proxy_with_credentials(client: UpstreamClient, tmp_path: Path) -> None:
@@ -492,9 +495,7 @@ async def case_http_through_a_proxy_with_credentials(client: UpstreamClient, tmp
 
 
 async def case_proxy_refusal_is_a_connect_error(client: UpstreamClient, tmp_path: Path) -> None:
-    cert, key = self_signed_certificate(tmp_path)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
+    context, _ = server_tls(tmp_path)
     async with LoopbackProxy(credentials=b"c2VjcmV0") as proxy, ScriptedServer(answer_chunked, tls=context) as server:
         proxied = UpstreamClient(read_size=4096, socket_buffer=8192,
                                  proxies={"https": f"http://127.0.0.1:{proxy.port}"})

@@ -202,9 +202,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
                 await self._waiter
             finally:
                 self._waiter = None
-        parts = self._parts
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        parts.clear()
+        data = self._take_parts()
         self.resume_reading()
         return data
 
@@ -221,6 +219,13 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         body = b"".join(pieces)
         return body if limit is None else body[:limit]
 
+    def _take_parts(self) -> bytes:
+        # buffer_updated() does the same inline: it runs once per streamed read.
+        parts = self._parts
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        parts.clear()
+        return data
+
     def _wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -234,10 +239,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
             return
         self.resume_reading()  # before delivering: the sink may pause again at once
         if self._parts:
-            parts = self._parts
-            data = parts[0] if len(parts) == 1 else b"".join(parts)
-            parts.clear()
-            sink.body(data)
+            sink.body(self._take_parts())
         if self._sink is not sink:
             return
         if self._error is not None:
@@ -267,8 +269,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
         """Ready for the next request (the pool holds it idle meanwhile). Reading is switched back on: the last
         read may have paused it (backpressure, the yield budget), and an idle connection must see the upstream
         close it."""
-        if self._paused and self.transport is not None and not self.closed:
-            self.transport.resume_reading()
+        self.resume_reading()
         self._reset()
         self.idle = True
 

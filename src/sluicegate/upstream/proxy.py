@@ -39,8 +39,6 @@ class _ConnectReply(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            pass  # llhttp reports a 2xx answer to CONNECT this way on some versions: the head is complete
         except httptools.HttpParserError as exc:
             self._settle(UpstreamConnectError(f"the proxy's answer to CONNECT is not HTTP: {exc}"))
 

@@ -93,7 +93,7 @@ class SSEFrameSplitter:
             pending.clear()
         else:
             out = data if end == len(data) else data[:end]
-        self.pending_bytes = 0  # read-only outside: bytes held for an event not yet complete
+        self.pending_bytes = 0
         self._tail = b""
         if end != len(data):
             self._hold(data[end:])
@@ -103,7 +103,7 @@ class SSEFrameSplitter:
         """At end of stream: the bytes of an unterminated event (the spec discards it; pass-through forwards it)."""
         out = b"".join(self._pending)
         self._pending.clear()
-        self.pending_bytes = 0  # read-only outside: bytes held for an event not yet complete
+        self.pending_bytes = 0
         self._tail = b""
         return out
 
