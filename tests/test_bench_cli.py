@@ -6,11 +6,13 @@ import asyncio
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +21,7 @@ from aiohttp import web
 from sluicegate.bench.cli import EXIT_UNREACHABLE, main
 from sluicegate.bench.sse import SSEParser
 from sluicegate.bench.stats import percentile
+from tests.support.tls import server_tls, trusting
 
 
 def _chat_chunk(text: str) -> bytes:
@@ -41,8 +44,10 @@ def _responses_event(kind: str, **fields: Any) -> bytes:
 class StreamServer:
     """An aiohttp server in a background thread; the first path segment picks the behaviour."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self.received: list[tuple[str, dict[str, Any], dict[str, str]]] = []
+        self.peers: set[tuple[str, int]] = set()  # client address of every request: one per connection used
+        self._tls = tls
         self._flaky = 0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -54,11 +59,13 @@ class StreamServer:
 
     async def _start(self) -> int:
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._tls)
         await site.start()
         return int(self._runner.addresses[0][1])
 
     def url(self, scenario: str) -> str:
+        if self._tls is not None:
+            return f"https://localhost:{self.port}/{scenario}/v1"  # the name the test certificate is for
         return f"http://127.0.0.1:{self.port}/{scenario}/v1"
 
     def close(self) -> None:
@@ -71,6 +78,8 @@ class StreamServer:
         scenario, route = request.match_info["scenario"], request.match_info["route"]
         body = await request.json()
         self.received.append((scenario, body, dict(request.headers)))
+        assert request.transport is not None
+        self.peers.add(request.transport.get_extra_info("peername")[:2])
         mock = body.get("mock", {})
         tokens, interval, first_delay = (
             mock.get("tokens", 5),
@@ -328,6 +337,35 @@ def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str], bad: tuple[str
         main(["--url", "http://127.0.0.1:1/v1", "--model", "m", *bad])
     assert exc.value.code == 2
     capsys.readouterr()
+
+
+def test_connections_are_kept_alive() -> None:
+    """Requests reuse connections, as a real client would: after a whole stream, and after a non-200 answer whose
+    body was read to its end."""
+    srv = StreamServer()
+    try:
+        assert main(["--url", srv.url("ok"), "--model", "m", "-c", "2", "-n", "8", "--json"]) == 0
+        assert len(srv.received) == 8 and len(srv.peers) <= 2
+        srv.peers.clear()
+        assert main(["--url", srv.url("s503"), "--model", "m", "-c", "1", "-n", "3", "--json"]) == 0
+        assert len(srv.peers) == 1
+    finally:
+        srv.close()
+
+
+def test_https_endpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """TLS with certificate checks: a certificate the client trusts streams; one it does not is a connect error
+    (and, with no answer at all, the run stops as unreachable)."""
+    context, cert = server_tls(tmp_path)
+    srv = StreamServer(tls=context)
+    try:
+        with trusting(cert):
+            code, data = bench_json(capsys, "--url", srv.url("ok"), "--model", "m", "-c", "2", "-n", "4")
+        assert code == 0 and data["requests"]["ok"] == 4 and data["tokens"]["content_events"] == 20
+        code, data = bench_json(capsys, "--url", srv.url("ok"), "--model", "m", "-c", "2", "-n", "4")
+        assert code == EXIT_UNREACHABLE and data["errors"].get("connect", 0) >= 1 and data["requests"]["ok"] == 0
+    finally:
+        srv.close()
 
 
 def test_table_output(server: StreamServer, capsys: pytest.CaptureFixture[str]) -> None:

@@ -17,12 +17,12 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-import aiohttp
 import msgspec
 
 from sluicegate.bench.cpu import process_cpu_seconds
 from sluicegate.bench.protocol import Endpoint, build_body, reader_for
-from sluicegate.bench.stream import RequestOutcome, RequestSpec, stream_one
+from sluicegate.bench.stream import RequestOutcome, RequestSpec, new_client, stream_one
+from sluicegate.upstream.client import UpstreamClient
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,8 @@ def request_spec(config: BenchConfig) -> RequestSpec:
         config.include_usage,
         config.extra_body,
     )
-    headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+    # No Accept-Encoding: a compressed event stream would hide the token timing.
+    headers = {"Content-Type": "application/json", "Accept": "text/event-stream", "User-Agent": "sluicegate-bench"}
     if config.api_key:
         headers["Authorization"] = f"Bearer {config.api_key}"
     return RequestSpec(
@@ -151,27 +152,22 @@ async def run_bench(config: BenchConfig, sink: ProgressSink | None = None) -> Be
     wall = 0.0
     cpu_before: dict[int, float | None] = {}
     client_before = time.process_time()
-    connector = aiohttp.TCPConnector(limit=config.concurrency, limit_per_host=config.concurrency)
-    async with aiohttp.ClientSession(
-        connector=connector,
-        timeout=aiohttp.ClientTimeout(total=None),  # stream_one enforces the per-request timeout itself
-        skip_auto_headers=("Accept-Encoding",),  # a compressed event stream would hide the token timing
-    ) as session:
-        try:
-            if config.warmup > 0:
-                stopped = await _run_phase(session, state, Phase.WARMUP, config.warmup, config.concurrency, Tally())
-            if not stopped:
-                cpu_before = {pid: process_cpu_seconds(pid) for pid in config.cpu_pids}
-                client_before = time.process_time()
-                started = time.perf_counter()
-                try:
-                    stopped = await _run_phase(
-                        session, state, Phase.MEASURED, config.requests, config.concurrency, measured
-                    )
-                finally:
-                    wall = time.perf_counter() - started
-        except _Unreachable:
-            unreachable = True
+    client = new_client()
+    try:
+        if config.warmup > 0:
+            stopped = await _run_phase(client, state, Phase.WARMUP, config.warmup, config.concurrency, Tally())
+        if not stopped:
+            cpu_before = {pid: process_cpu_seconds(pid) for pid in config.cpu_pids}
+            client_before = time.process_time()
+            started = time.perf_counter()
+            try:
+                stopped = await _run_phase(client, state, Phase.MEASURED, config.requests, config.concurrency, measured)
+            finally:
+                wall = time.perf_counter() - started
+    except _Unreachable:
+        unreachable = True
+    finally:
+        client.close()
     client_cpu = time.process_time() - client_before
     cpu_s: dict[int, float | None] = {}
     for pid in config.cpu_pids:
@@ -181,7 +177,7 @@ async def run_bench(config: BenchConfig, sink: ProgressSink | None = None) -> Be
 
 
 async def _run_phase(
-    session: aiohttp.ClientSession, state: _RunState, phase: Phase, total: int, concurrency: int, tally: Tally
+    client: UpstreamClient, state: _RunState, phase: Phase, total: int, concurrency: int, tally: Tally
 ) -> bool:
     """Run `total` requests, `concurrency` at a time. True if the deadline cut the phase short."""
     if state.sink is not None:
@@ -196,7 +192,7 @@ async def _run_phase(
             remaining -= 1
             out = RequestOutcome()
             try:
-                await stream_one(session, state.spec, out)
+                await stream_one(client, state.spec, out)
             except asyncio.CancelledError:
                 tally.record_cancelled(out)
                 raise
