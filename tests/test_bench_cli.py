@@ -9,7 +9,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ from aiohttp import web
 from sluicegate.bench.cli import EXIT_UNREACHABLE, main
 from sluicegate.bench.sse import SSEParser
 from sluicegate.bench.stats import percentile
+from tests.support.threaded_app import ThreadedApp
 from tests.support.tls import server_tls, trusting
 
 
@@ -49,19 +49,10 @@ class StreamServer:
         self.peers: set[tuple[str, int]] = set()  # client address of every request: one per connection used
         self._tls = tls
         self._flaky = 0
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._thread.start()
         app = web.Application()
         app.router.add_post("/{scenario}/v1/{route:.*}", self._handle)
-        self._runner = web.AppRunner(app, shutdown_timeout=0.2, access_log=None)
-        self.port: int = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-
-    async def _start(self) -> int:
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self._tls)
-        await site.start()
-        return int(self._runner.addresses[0][1])
+        self._app = ThreadedApp(app, tls)
+        self.port = self._app.port
 
     def url(self, scenario: str) -> str:
         if self._tls is not None:
@@ -69,10 +60,7 @@ class StreamServer:
         return f"http://127.0.0.1:{self.port}/{scenario}/v1"
 
     def close(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
+        self._app.close()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         scenario, route = request.match_info["scenario"], request.match_info["route"]

@@ -83,6 +83,7 @@ async def send(
     """Connect and send; on return the response status and headers are in. Non-200 -> AttemptFailed.
     `on_close` runs once when the call is closed (it releases the deployment slot)."""
     adapter = deployment.adapter
+    await adapter.prepare()
     upstream = adapter.build_request(req, deployment.config, upstream_model)
     call = UpstreamCall(client, deployment, metrics, on_close)
     if not req.first_sent:

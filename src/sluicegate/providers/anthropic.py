@@ -19,7 +19,13 @@ from typing import Any, Final
 import msgspec
 
 from sluicegate.config.schema import DeploymentConfig
-from sluicegate.providers.base import NonStreamResult, UpstreamEventError, UpstreamRequest, upstream_headers
+from sluicegate.providers.base import (
+    NonStreamResult,
+    NothingToPrepare,
+    UpstreamEventError,
+    UpstreamRequest,
+    upstream_headers,
+)
 from sluicegate.providers.chat_request import (
     ChatRequest,
     ImagePart,
@@ -306,7 +312,7 @@ class _Response(msgspec.Struct):
 _decode_response = msgspec.json.Decoder(_Response).decode
 
 
-class AnthropicAdapter:
+class AnthropicAdapter(NothingToPrepare):
     name = "anthropic"
 
     def build_request(self, req: GatewayRequest, deployment: DeploymentConfig, upstream_model: str) -> UpstreamRequest:

@@ -86,8 +86,20 @@ class NonStreamResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+class NothingToPrepare:
+    """For adapters whose requests need nothing looked up beforehand (everything but Bedrock)."""
+
+    async def prepare(self) -> None:
+        return None
+
+
 class ProviderAdapter(Protocol):
     name: str
+
+    async def prepare(self) -> None:
+        """Awaited before `build_request`, on the event loop: whatever must not block it (Bedrock's credential
+        lookup) happens here. May raise GatewayError."""
+        ...
 
     def build_request(self, req: GatewayRequest, deployment: DeploymentConfig, upstream_model: str) -> UpstreamRequest:
         ...

@@ -328,6 +328,9 @@ class BedrockAdapter:
     def __init__(self) -> None:
         self._signer = SigV4Signer("bedrock")
 
+    async def prepare(self) -> None:
+        await self._signer.ready()  # the credential lookup runs in a thread, never on the event loop
+
     def build_request(self, req: GatewayRequest, deployment: DeploymentConfig, upstream_model: str) -> UpstreamRequest:
         require_chat(req, self.name)
         assert deployment.api_base is not None

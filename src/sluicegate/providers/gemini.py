@@ -24,7 +24,13 @@ from typing import Any, Final
 import msgspec
 
 from sluicegate.config.schema import DeploymentConfig
-from sluicegate.providers.base import NonStreamResult, UpstreamEventError, UpstreamRequest, upstream_headers
+from sluicegate.providers.base import (
+    NonStreamResult,
+    NothingToPrepare,
+    UpstreamEventError,
+    UpstreamRequest,
+    upstream_headers,
+)
 from sluicegate.providers.chat_request import (
     ChatRequest,
     DocumentPart,
@@ -321,7 +327,7 @@ class GeminiCodec(TranslatingCodec):
                                                  arguments, _call_extra(part.thought_signature)))
 
 
-class GeminiAdapter:
+class GeminiAdapter(NothingToPrepare):
     name = "gemini"
 
     def build_request(self, req: GatewayRequest, deployment: DeploymentConfig, upstream_model: str) -> UpstreamRequest:

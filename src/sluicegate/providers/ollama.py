@@ -20,7 +20,14 @@ from typing import Any, Final
 import msgspec
 
 from sluicegate.config.schema import DeploymentConfig
-from sluicegate.providers.base import NonStreamResult, UpstreamEventError, UpstreamRequest, bearer, upstream_headers
+from sluicegate.providers.base import (
+    NonStreamResult,
+    NothingToPrepare,
+    UpstreamEventError,
+    UpstreamRequest,
+    bearer,
+    upstream_headers,
+)
 from sluicegate.providers.chat_request import (
     ChatRequest,
     ImagePart,
@@ -185,7 +192,7 @@ class OllamaCodec(TranslatingCodec):
             self._end(out)
 
 
-class OllamaAdapter:
+class OllamaAdapter(NothingToPrepare):
     name = "ollama"
 
     def build_request(self, req: GatewayRequest, deployment: DeploymentConfig, upstream_model: str) -> UpstreamRequest:

@@ -15,6 +15,7 @@ import msgspec
 from sluicegate.config.schema import DeploymentConfig
 from sluicegate.providers.base import (
     NonStreamResult,
+    NothingToPrepare,
     UpstreamEventError,
     UpstreamRequest,
     Usage,
@@ -196,7 +197,7 @@ class OpenAIPassthroughCodec:
         return encode_event(_encode.encode(error))
 
 
-class OpenAIAdapter:
+class OpenAIAdapter(NothingToPrepare):
     """Pass-through for any OpenAI-compatible server; `name` is the configured provider kind."""
 
     def __init__(self, name: str = "openai") -> None:
