@@ -284,7 +284,7 @@ def machine_line(python: str) -> str:
         ).stdout.strip()
         or platform.python_version()
     )
-    return f"nproc {len(os.sched_getaffinity(0))}, {model}, Python {version}"
+    return f"{os.cpu_count()} CPUs, {model}, Python {version}"  # all of them, also under --pin-gateway
 
 
 def markdown(args: argparse.Namespace, summary: dict[str, dict[str, float | None]]) -> str:
@@ -293,6 +293,8 @@ def markdown(args: argparse.Namespace, summary: dict[str, dict[str, float | None
         f"{args.requests} requests per run, {args.endpoint} endpoint, median of {args.repeats} runs"
     )
     label = f" — {args.label}" if args.label else ""
+    if args.pin_gateway is not None:
+        load += f", gateway alone on CPU {args.pin_gateway}"
     lines = [
         f"Machine: {machine_line(args.python)}; {time.strftime('%Y-%m-%d')}{label}.",
         f"Load: {load}.",
@@ -363,6 +365,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run benchmarks/relay_proxy.py (a featureless callback relay, the gateway's design) instead")
     p.add_argument("--nginx", action="store_true",
                    help="run nginx (one process, proxy_buffering off) in place of the gateway: the C reference")
+    p.add_argument("--pin-gateway", type=int, default=None, metavar="CPU",
+                   help="run the gateway (or comparison proxy) alone on this CPU and everything else (the mock, the "
+                        "bench, this script) on the others: the gateway gets a core of its own, as in production")
     p.add_argument("--json-out", type=Path, default=None, metavar="FILE", help="also write every raw result here")
     p.add_argument("--python", default=sys.executable, help="interpreter for the subprocesses")
     args = p.parse_args(argv)
@@ -378,8 +383,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 Runs = dict[str, list[dict[str, Any]]]
 
 
+def pin_load_side(cpu: int) -> None:
+    """This process and everything it starts from now on (the mock, the bench) run on every CPU but `cpu`."""
+    cpus = os.sched_getaffinity(0)
+    if cpu not in cpus or len(cpus) < 2:
+        raise BenchmarkError(f"--pin-gateway {cpu}: needs that CPU and at least one other (this process may use "
+                             f"{sorted(cpus)})")
+    os.sched_setaffinity(0, cpus - {cpu})
+
+
 def measure(args: argparse.Namespace, children: list[Child], tmp: Path) -> Runs:
     """Start the mock and the gateway, then alternate bench runs DIRECT and THROUGH; raw results by path."""
+    if args.pin_gateway is not None:
+        pin_load_side(args.pin_gateway)
     mock = Child("mock-upstream", [args.python, "-m", "sluicegate", "mock-upstream", "--port", "0"], MOCK_READY)
     children.append(mock)
     mock_url = mock.wait_ready(args.ready_timeout)
@@ -395,6 +411,9 @@ def measure(args: argparse.Namespace, children: list[Child], tmp: Path) -> Runs:
         serve, ready = nginx_command(mock_url, tmp)
     gateway = Child("gateway", serve, ready)
     children.append(gateway)
+    if args.pin_gateway is not None:
+        # Before it starts threads of its own (they inherit it); the others inherited ours from pin_load_side().
+        os.sched_setaffinity(gateway.pid, {args.pin_gateway})
     gateway_url = gateway.wait_ready(args.ready_timeout)
     print(f"mock {mock_url} (pid {mock.pid}), gateway {gateway_url} (pid {gateway.pid})", file=sys.stderr)
     targets = {
