@@ -213,6 +213,27 @@ async def test_models_healthz_metrics(gateway: Proc) -> None:
         assert name in text
 
 
+async def test_metrics_false_stops_the_per_request_metrics_only(mock_upstream: Proc) -> None:
+    """server.metrics: false (docs/metrics.md): nothing recorded when a request ends, rejected requests included;
+    the gauges and the other metrics go on."""
+    proc = start_gateway(one_model(f"{mock_upstream.url}/v1", server={"metrics": False}))
+    try:
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{proc.url}/v1/chat/completions", json=body(tokens=3)) as resp:
+                assert resp.status == 200 and b"[DONE]" in await resp.read()
+            async with session.post(f"{proc.url}/v1/chat/completions", json={"model": "nope"}) as resp:
+                assert resp.status == 404
+            async with session.post(f"{proc.url}/v1/chat/completions", data=b"{bad") as resp:
+                assert resp.status == 400
+        per_request = ("sluicegate_requests_total", "sluicegate_streams_total", "sluicegate_tokens_total",
+                       "sluicegate_time_to_first_token_seconds_count", "sluicegate_inter_token_latency_seconds_count")
+        assert all(metric(proc.url, name) == 0 for name in per_request)
+        assert metric(proc.url, "sluicegate_upstream_in_flight") == 0
+        assert metric(proc.url, "sluicegate_upstream_requests_total", result="ok") == 1  # the others go on
+    finally:
+        proc.stop()
+
+
 async def test_non_streaming_response_larger_than_max_event_bytes_is_a_clean_502(mock_upstream: Proc) -> None:
     proc = start_gateway(one_model(f"{mock_upstream.url}/v1", server={"max_event_bytes": 2048}))
     try:

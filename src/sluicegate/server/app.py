@@ -40,7 +40,8 @@ UNKNOWN_MODEL_LABEL = "(unknown)"
 
 
 def _count_rejected(request: web.Request, model: str, endpoint: Endpoint, error: GatewayError) -> None:
-    request.app[METRICS].requests.labels(model, endpoint.value, str(error.status)).inc()
+    if request.app[CONFIG].server.metrics:  # `requests` is one of the metrics server.metrics: false stops
+        request.app[METRICS].requests.labels(model, endpoint.value, str(error.status)).inc()
 
 
 async def _read_request(request: web.Request, endpoint: Endpoint,
