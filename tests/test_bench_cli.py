@@ -318,6 +318,9 @@ def test_unreachable_url_exits_3(capsys: pytest.CaptureFixture[str]) -> None:
         ("--concurrency", "0"),
         ("--cpu-pid", "999999999"),
         ("--endpoint", "embeddings"),
+        ("--url", "http:///v1"),
+        ("--url", "http://127.0.0.1:99999/v1"),
+        ("--url", "127.0.0.1:4000/v1"),
     ],
 )
 def test_bad_arguments_exit_2(capsys: pytest.CaptureFixture[str], bad: tuple[str, str]) -> None:

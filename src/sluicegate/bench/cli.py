@@ -18,6 +18,7 @@ from sluicegate.bench.protocol import Endpoint
 from sluicegate.bench.report import render_table, to_json_dict
 from sluicegate.bench.runner import BenchConfig, BenchResult, Phase, run_bench
 from sluicegate.bench.stream import RequestOutcome
+from sluicegate.upstream.client import parse_target
 
 API_KEY_ENV = "SLUICEGATE_BENCH_API_KEY"
 EXIT_OK = 0
@@ -90,8 +91,11 @@ def _non_negative_float(text: str) -> float:
 
 
 def _base_url(text: str) -> str:
-    if not text.startswith(("http://", "https://")):
-        raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL ending in /v1, got {text!r}")
+    try:
+        parse_target(text)  # as the client will read it: http(s), a host, a valid port, an ASCII path
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be an http:// or https:// URL with a host, ending in /v1, got {text!r}") from None
     return text.rstrip("/")
 
 
