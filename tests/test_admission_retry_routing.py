@@ -349,6 +349,11 @@ async def test_api_keys(mock_upstream: Proc) -> None:
         assert status == 429 and json.loads(raw)["error"]["code"] == "key_at_capacity"
         assert (await long)[0] == 200
         assert metric(proc.url, "sluicegate_concurrency_rejections_total", scope="key", name="bravo") == 1
+        # A thread writes the access log in order: once the last request's line is in, every line is.
+        def last_line_written() -> bool:
+            return any('"key_name":"bravo"' in line and '"model":"other"' in line and '"status":200' in line
+                       for line in proc.read_log().splitlines())
+        assert await asyncio.to_thread(wait_for, last_line_written, 10.0)
         log = proc.read_log()
         assert "sk-alpha" not in log and secret_b not in log
         metrics_text = (await asyncio.to_thread(lambda: __import__("urllib.request").request.urlopen(

@@ -256,6 +256,7 @@ async def test_redis_outage_follows_on_unavailable_and_shared_limits_resume(proc
         assert sorted(x.status for x in burst) == [200, 200, 429]  # fail_open: cap 4 / 2 instances
         for gateway in (a, b):
             assert metric(gateway.url, "sluicegate_state_available") == 0
+            await until(lambda g=gateway: "shared state unavailable" in g.read_log(), 5, "the log line")
             assert gateway.read_log().count("shared state unavailable") == 1
 
         # Redis is back (empty): both instances return to shared state on their own.
@@ -266,6 +267,7 @@ async def test_redis_outage_follows_on_unavailable_and_shared_limits_resume(proc
         assert (await chat(b.url)).error_code == "deployment_at_capacity"
         assert all(s.completed for s in await asyncio.gather(*streams))
         for gateway in (a, b):
+            await until(lambda g=gateway: "shared state available again" in g.read_log(), 5, "the log line")
             assert gateway.read_log().count("shared state available again") == 1
 
 

@@ -81,8 +81,10 @@ async def test_exactly_one_record_per_request_under_chaos(tmp_path: Path) -> Non
                 assert record["bytes_sent"] == len(body)
         assert metric(proc.url, "sluicegate_usage_records_dropped_total") == 0
         # One access-log line per request, as JSON, never an API key or prompt text.
-        lines = [json.loads(line) for line in proc.read_log().splitlines() if line.startswith('{"request_id"')]
-        assert sorted(entry["request_id"] for entry in lines) == sorted(ids)
+        def access_lines() -> list[dict[str, object]]:
+            return [json.loads(line) for line in proc.read_log().splitlines() if line.startswith('{"request_id"')]
+        await asyncio.to_thread(wait_for, lambda: len(access_lines()) >= len(ids), 10.0)  # written by a thread
+        assert sorted(str(entry["request_id"]) for entry in access_lines()) == sorted(ids)
     finally:
         proc.stop()
         upstream.stop()

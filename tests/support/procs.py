@@ -28,12 +28,13 @@ _URL = re.compile(r"listening on (http://\S+)")
 
 
 class Proc:
-    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, stderr: int | None = None) -> None:
+        """stderr: the log file (read_log) by default; subprocess.PIPE gives a pipe that nobody reads."""
         self.log = tempfile.NamedTemporaryFile(prefix="sluicegate-test-", suffix=".log", dir=SCRATCH, delete=False)  # noqa: SIM115
         full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "sluicegate", *args], stdout=subprocess.PIPE, stderr=self.log, env=full_env,
-            text=True,
+            [sys.executable, "-m", "sluicegate", *args], stdout=subprocess.PIPE,
+            stderr=self.log if stderr is None else stderr, env=full_env, text=True,
         )
         self.url = self._wait_ready()
 
@@ -84,7 +85,8 @@ def start_mock(*extra: str) -> Proc:
     return Proc(["mock-upstream", "--port", "0", *extra])
 
 
-def start_gateway(config: dict[str, Any] | None, env: dict[str, str] | None = None, *extra: str) -> Proc:
+def start_gateway(config: dict[str, Any] | None, env: dict[str, str] | None = None, *extra: str,
+                  stderr: int | None = None) -> Proc:
     """config=None runs the embedded default."""
     args = ["serve", "--port", "0", *extra]
     env = {"SLUICEGATE_USAGE_DSN": tempfile.mktemp(prefix="sluicegate-usage-", suffix=".db", dir=SCRATCH),
@@ -96,7 +98,7 @@ def start_gateway(config: dict[str, Any] | None, env: dict[str, str] | None = No
         with tempfile.NamedTemporaryFile("w", prefix="sluicegate-", suffix=".yaml", dir=SCRATCH, delete=False) as f:
             yaml.safe_dump(config, f)
         args += ["--config", f.name]
-    return Proc(args, env)
+    return Proc(args, env, stderr)
 
 
 def one_model(api_base: str, name: str = "m", **model: Any) -> dict[str, Any]:

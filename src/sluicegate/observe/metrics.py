@@ -15,6 +15,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
 
 from sluicegate.observe.histogram import LATENCY_BUCKETS
+from sluicegate.observe.logsink import LOG_SINK
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -105,6 +106,10 @@ class Metrics:
         self.usage_dropped = Counter(
             "sluicegate_usage_records_dropped", "Usage records not written, by reason (queue_full, ...).",
             ["reason"], registry=r)
+        self.log_dropped = Counter(
+            "sluicegate_log_records_dropped", "Log lines (access log included) not written because stderr was not "
+            "being read fast enough.", registry=r)
+        LOG_SINK.report_drops_to(self.log_dropped)
         self.overhead = Histogram(
             "sluicegate_gateway_overhead_seconds",
             "Time spent in the gateway from request arrival until the upstream request was sent.",

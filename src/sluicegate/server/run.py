@@ -25,6 +25,7 @@ from aiohttp import web
 
 from sluicegate.config.loader import ConfigError, default_config, load_config
 from sluicegate.config.schema import Config, ServerConfig
+from sluicegate.observe.logsink import LOG_SINK, stderr_handler
 from sluicegate.observe.metrics import Metrics
 from sluicegate.server.app import create_app
 from sluicegate.server.draining import END_WAIT, DrainingAppRunner, ShutdownCoordinator
@@ -76,14 +77,15 @@ def install_uvloop() -> None:
 
 
 def configure_logging(config: Config) -> None:
-    logging.basicConfig(level=config.logging.level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    """Everything goes to stderr through LOG_SINK's writer thread, so a stalled log reader cannot block the loop."""
+    root = logging.getLogger()
+    if not root.handlers:  # as logging.basicConfig: an embedding program's own set-up wins
+        root.addHandler(LOG_SINK.handler_for(stderr_handler("%(asctime)s %(levelname)s %(name)s %(message)s")))
+        root.setLevel(config.logging.level.upper())
     # The access log is one JSON object per line and nothing else, so that log shippers can parse it as is.
     access = logging.getLogger("sluicegate.access")
     if not access.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        access.addHandler(handler)
+        access.addHandler(LOG_SINK.handler_for(stderr_handler("%(message)s")))
         access.propagate = False
         access.setLevel(logging.INFO)
 

@@ -1,0 +1,105 @@
+"""Log output never blocks the event loop: a gateway whose stderr nobody reads keeps serving, and the log sink
+drops (and counts) what its writer thread cannot write instead of making the logging call wait."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import logging
+import os
+import subprocess
+import threading
+import time
+import urllib.request
+
+from sluicegate.observe.logsink import LogSink
+from tests.support.http import metric
+from tests.support.procs import Proc, one_model, start_gateway
+
+
+def _stream(url: str) -> None:
+    body = json.dumps({"model": "m", "stream": True, "messages": [], "mock": {"tokens": 1, "interval": 0}}).encode()
+    request = urllib.request.Request(f"{url}/v1/chat/completions", data=body,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as resp:
+        assert resp.status == 200 and b"[DONE]" in resp.read()
+
+
+def test_a_gateway_whose_stderr_is_not_read_keeps_serving(mock_upstream: Proc) -> None:
+    # One access-log line per request: 400 lines are several times what the pipe holds (64 KiB). Writing them on
+    # the event loop froze the gateway, /healthz included, after ~110 requests.
+    proc = start_gateway(one_model(f"{mock_upstream.url}/v1"), stderr=subprocess.PIPE)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            list(pool.map(_stream, [proc.url] * 400))
+        with urllib.request.urlopen(f"{proc.url}/healthz", timeout=10) as resp:
+            assert resp.status == 200
+        assert metric(proc.url, "sluicegate_log_records_dropped_total") == 0  # queued, not lost (yet)
+    finally:
+        proc.stop()
+
+
+def _sink_logger(sink: LogSink, stream: object, name: str) -> logging.Logger:
+    target = logging.StreamHandler(stream)  # type: ignore[arg-type]
+    target.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    logger = logging.getLogger(name)
+    logger.handlers = [sink.handler_for(target)]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    return logger
+
+
+def test_a_stuck_writer_costs_dropped_lines_not_a_blocked_caller() -> None:
+    read_end, write_end = os.pipe()
+    sink = LogSink(max_queued=8)
+    drops: list[int] = []
+    sink.on_drop = lambda: drops.append(1)
+    with os.fdopen(write_end, "w") as pipe, os.fdopen(read_end, "rb") as reader:
+        logger = _sink_logger(sink, pipe, "test.logsink.stuck")
+        started = time.monotonic()
+        for i in range(200):
+            logger.info("line %d %s", i, "x" * 10_000)  # 2 MB in all; the pipe holds 64 KiB
+        assert time.monotonic() - started < 2.0  # nobody reads: a blocking write would hang here
+        assert sink.dropped > 0 and len(drops) == sink.dropped
+        # Once the reader drains, the writer carries on with what is queued and what comes next.
+        drained = bytearray()
+
+        def drain() -> None:
+            while chunk := reader.read1(65536):
+                drained.extend(chunk)
+
+        reading = threading.Thread(target=drain, daemon=True)
+        reading.start()
+        settled_at = time.monotonic() + 10
+        size = -1
+        while size != len(drained) and time.monotonic() < settled_at:  # the queued lines are written
+            size = len(drained)
+            time.sleep(0.2)
+        logger.warning("after the stall")
+        sink.stop()
+        pipe.close()
+        reading.join(10)
+    assert b"WARNING after the stall\n" in drained
+    assert drained.startswith(b"INFO line 0 ")
+
+
+def test_a_forked_child_writes_through_its_own_writer_thread() -> None:
+    """gunicorn forks the workers after logging is set up; the parent's writer thread does not exist there."""
+    read_end, write_end = os.pipe()
+    sink = LogSink()
+    os.register_at_fork(after_in_child=sink.after_fork_in_child)
+    with os.fdopen(write_end, "w") as pipe:
+        logger = _sink_logger(sink, pipe, "test.logsink.fork")
+        logger.info("from the parent")
+        pid = os.fork()
+        if pid == 0:  # the child: log, flush through its own thread, leave without running the parent's cleanups
+            try:
+                logger.info("from the child")
+                sink.stop()
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        sink.stop()
+    with os.fdopen(read_end, "rb") as reader:
+        written = reader.read()
+    assert b"INFO from the parent\n" in written and b"INFO from the child\n" in written
