@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 from time import monotonic
 
+from sluicegate import background
 from sluicegate.config.schema import Config
 from sluicegate.gateway.accounting import Accountant, RequestRecord, annotate
 from sluicegate.gateway.admission import Admission, ClientKey, Slots
@@ -63,6 +64,7 @@ class Gateway:
                                        socket_buffer=server.upstream_socket_buffer)
         self.limits = PumpLimits(server.chunks_per_yield, server.bytes_per_yield)
         self._budget_task: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def start(self) -> None:
         self.lag.start()
@@ -70,18 +72,16 @@ class Gateway:
 
     async def _publish_budgets(self) -> None:
         """sluicegate_retry_budget_available, refreshed once a second (not per request)."""
-        while True:
+        while not self._closing:
             for pool in self.router.pools:
                 with contextlib.suppress(Exception):  # a state outage must not end the loop; it is visible elsewhere
                     await self.retry.publish_budget(pool)
             await asyncio.sleep(BUDGET_GAUGE_INTERVAL)
 
     async def close(self) -> None:
+        self._closing = True
         self.lag.stop()
-        if self._budget_task is not None:
-            self._budget_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._budget_task
+        await background.stop([self._budget_task], "gateway")
         self.upstream.close()
 
     # --- admission checks shared by both paths ------------------------------------------------------------------

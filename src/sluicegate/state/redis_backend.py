@@ -37,6 +37,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from sluicegate import background
 from sluicegate.state import budget
 from sluicegate.state.base import (
     FAILURE_MEMORY_S,
@@ -179,12 +180,10 @@ class RedisBackend:
             queue.fail(closed)
         tasks = [*self._loops, self._listener_task, self._recheck_task]
         tasks += [queue.pump for queue in self._queues.values()]
-        running = [task for task in tasks if task is not None and not task.done()]
-        for task in running:
-            task.cancel()
-        await asyncio.gather(*running, return_exceptions=True)
+        await background.stop(tasks, "state backend")
         if release_leases:
-            await asyncio.gather(*self._background, return_exceptions=True)
+            if self._background:  # lease releases and deposits in flight: each is one bounded Redis call
+                await asyncio.wait(self._background, timeout=background.STOP_WAIT)
             if self._available:
                 with contextlib.suppress(_UseFallback, *_REDIS_FAILURES):
                     await self._flush_deposits()
@@ -192,9 +191,7 @@ class RedisBackend:
                         for holder in holders:
                             await self._release_remote(key, holder)
         else:
-            for task in self._background:
-                task.cancel()
-            await asyncio.gather(*self._background, return_exceptions=True)
+            await background.stop(self._background, "state backend")
         self._leases.clear()
         await self._fallback.close()
         await self._client.aclose()
@@ -628,7 +625,7 @@ class RedisBackend:
             queue.wake.set()
 
     async def _renew_loop(self) -> None:
-        while True:
+        while not self._closed:
             await asyncio.sleep(self._lease_ttl / 3)
             if self._available and self._leases:
                 try:
@@ -669,7 +666,7 @@ class RedisBackend:
         return restored
 
     async def _flush_loop(self) -> None:
-        while True:
+        while not self._closed:
             await asyncio.sleep(self._deposit_flush_interval)
             if self._pending_deposits and self._available:
                 await self._flush_deposits()

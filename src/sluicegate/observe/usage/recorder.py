@@ -17,6 +17,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Final
 
+from sluicegate import background
+
 from .record import UsageRecord
 from .store import UsageRecordsRejected, UsageStore
 
@@ -71,6 +73,7 @@ class UsageRecorder:
         self._queue: deque[UsageRecord] = deque()
         self._wake = asyncio.Event()
         self._closing = False
+        self._abandoned = False  # close() gave up waiting: the flusher stops retrying
         self._flusher: asyncio.Task[None] | None = None
         self._failures = 0
         self._failing_since = 0.0
@@ -112,9 +115,8 @@ class UsageRecorder:
             self._flusher = asyncio.get_running_loop().create_task(self._run(), name="usage-recorder-flusher")
         done, _ = await asyncio.wait({self._flusher}, timeout=flush_timeout)
         if not done:
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
+            self._abandoned = True  # the flusher's retry loops end at their next check, even if the cancel is lost
+            await background.stop([self._flusher], "usage recorder")
             lost = len(self._queue)
             self._queue.clear()
             logger.error("usage recorder closed with the store still failing: %d usage records lost", lost)
@@ -130,7 +132,7 @@ class UsageRecorder:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         next_flush = loop.time() + self._flush_interval
-        while True:
+        while not self._abandoned:
             wait = next_flush - loop.time()
             if wait > 0 and not self._closing:
                 with contextlib.suppress(TimeoutError):
@@ -157,6 +159,8 @@ class UsageRecorder:
                 await self._write_one_by_one(batch)
                 return
             except Exception as exc:
+                if self._abandoned:
+                    return
                 await self._back_off(exc)
                 continue
             self._recovered()
@@ -173,6 +177,8 @@ class UsageRecorder:
                     logger.error("usage record %s dropped: the store refused it (%s)", record.request_id, exc)
                     self._drop(DropReason.REJECTED, 1)
                 except Exception as exc:
+                    if self._abandoned:
+                        return
                     await self._back_off(exc)
                     continue
                 else:
