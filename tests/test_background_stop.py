@@ -42,7 +42,7 @@ async def test_stop_gives_up_on_a_task_that_ignores_its_cancellation(caplog: pyt
         await background.stop([task, quiet, None], "test", wait=0.3)
     assert 0.25 < time.monotonic() - started < 2.0
     assert quiet.cancelled() and not task.done()
-    assert "1 background task(s) did not stop" in caplog.text
+    assert "1 background task(s) did not end" in caplog.text
     closing = True  # what the real loops check: the next cancel-turned-error ends it
     task.cancel()
     await asyncio.wait_for(task, 2)

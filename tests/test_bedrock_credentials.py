@@ -18,10 +18,11 @@ import openai
 import pytest
 from aiohttp import web
 
-from tests.support.http import mock_request
+from tests.support.http import metric, mock_request, wait_for
 from tests.support.procs import Proc, start_gateway, start_mock
 from tests.support.threaded_app import ThreadedApp
 
+IN_FLIGHT = ("sluicegate_streams_in_flight", "sluicegate_upstream_in_flight")
 LOOKUP_DELAY = 1.6  # below botocore's 2 s timeout for the container endpoint
 
 
@@ -105,6 +106,7 @@ def test_a_slow_lookup_stalls_nothing_and_runs_once(bedrock_mock: Proc) -> None:
         assert seen["headers"]["authorization"].startswith("AWS4-HMAC-SHA256 Credential=ASIACONTAINERKEY/")
         assert seen["headers"]["x-amz-security-token"] == "container-token"
         assert stream_text(gateway, uuid.uuid4().hex) == texts[0] and endpoint.hits == 1  # signed from the copy
+        assert wait_for(lambda: all(metric(gateway.url, gauge) == 0 for gauge in IN_FLIGHT), 5.0)
     finally:
         gateway.stop()
         endpoint.close()
@@ -126,6 +128,7 @@ def test_a_failed_lookup_is_a_clear_500_and_is_not_repeated_by_every_request(bed
         assert time.monotonic() - started < 1.0  # answered from the remembered failure (botocore retries take 2 s)
         assert info.value.status_code == 500 and "Could not load AWS credentials" in info.value.message
         assert endpoint.hits == hits
+        assert all(metric(gateway.url, gauge) == 0 for gauge in IN_FLIGHT)  # nothing held by the failures
     finally:
         gateway.stop()
         endpoint.close()

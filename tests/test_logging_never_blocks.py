@@ -13,7 +13,7 @@ import time
 import urllib.request
 
 from sluicegate.observe.logsink import LogSink
-from tests.support.http import metric
+from tests.support.http import metric, wait_for
 from tests.support.procs import Proc, one_model, start_gateway
 
 
@@ -35,6 +35,7 @@ def test_a_gateway_whose_stderr_is_not_read_keeps_serving(mock_upstream: Proc) -
         with urllib.request.urlopen(f"{proc.url}/healthz", timeout=10) as resp:
             assert resp.status == 200
         assert metric(proc.url, "sluicegate_log_records_dropped_total") == 0  # queued, not lost (yet)
+        assert wait_for(lambda: metric(proc.url, "sluicegate_streams_in_flight") == 0, 5.0)
     finally:
         proc.stop()
 

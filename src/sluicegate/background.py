@@ -25,6 +25,12 @@ async def stop(tasks: Iterable[asyncio.Task[Any] | None], what: str, wait: float
     running = [task for task in tasks if task is not None and not task.done()]
     for task in running:
         task.cancel()
+    await settle(running, what, wait)
+
+
+async def settle(tasks: Iterable[asyncio.Task[Any] | None], what: str, wait: float = STOP_WAIT) -> None:
+    """Wait up to `wait` seconds for `tasks` to end, without cancelling them; a warning names those still running."""
+    running = {task for task in tasks if task is not None}
     if not running:
         return
     done, pending = await asyncio.wait(running, timeout=wait)
@@ -32,5 +38,5 @@ async def stop(tasks: Iterable[asyncio.Task[Any] | None], what: str, wait: float
         if not task.cancelled():
             task.exception()  # retrieved: an error while stopping is not worth a "never retrieved" warning
     if pending:
-        log.warning("%s: %d background task(s) did not stop within %gs after being cancelled; not waiting for them",
-                    what, len(pending), wait)
+        log.warning("%s: %d background task(s) did not end within %gs; not waiting for them", what, len(pending),
+                    wait)

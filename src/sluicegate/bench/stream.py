@@ -93,7 +93,6 @@ async def _exchange(client: UpstreamClient, spec: RequestSpec, out: RequestOutco
         sink = _EventSink(conn, spec.reader(), out, started)
         conn.set_sink(sink)
         await sink.finished
-        conn.set_sink(None)
         out.usage_tokens = sink.reader.usage_tokens
         if sink.failure is not None:
             if not sink.ended:

@@ -36,7 +36,7 @@ class LogSink:
         self.dropped = 0
         self.on_drop: Callable[[], None] | None = None  # set once metrics exist (the records dropped before count too)
         self._max_queued = max_queued
-        self._queue: queue.Queue[logging.LogRecord | None] = queue.Queue(max_queued)
+        self._queue: queue.Queue[tuple[logging.LogRecord, logging.Handler] | None] = queue.Queue(max_queued)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
@@ -65,9 +65,9 @@ class LogSink:
         if was_writing:
             self._start()
 
-    def put(self, record: logging.LogRecord) -> None:
+    def put(self, record: logging.LogRecord, target: logging.Handler) -> None:
         try:
-            self._queue.put_nowait(record)
+            self._queue.put_nowait((record, target))
         except queue.Full:
             self.dropped += 1
             if self.on_drop is not None:
@@ -75,18 +75,15 @@ class LogSink:
 
     def _write_all(self) -> None:
         q = self._queue
-        while True:
-            record = q.get()
-            if record is None:
-                return
-            target: logging.Handler = getattr(record, "sluicegate_target")  # noqa: B009
+        while (item := q.get()) is not None:
+            record, target = item
             if record.levelno >= target.level:
                 target.handle(record)
 
     def stop(self, wait: float = STOP_WAIT) -> None:
         """Write what is queued (waiting at most `wait` seconds for a stuck writer), then end the thread."""
         thread = self._thread
-        if thread is None or thread.ident is None:
+        if thread is None:
             return
         try:
             self._queue.put(None, timeout=wait)
@@ -135,13 +132,8 @@ class _SinkHandler(QueueHandler):
         self._sink = sink
         self._target = target
 
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        prepared: logging.LogRecord = super().prepare(record)
-        prepared.sluicegate_target = self._target  # where the writer thread hands it
-        return prepared
-
     def enqueue(self, record: logging.LogRecord) -> None:
-        self._sink.put(record)
+        self._sink.put(record, self._target)  # the record as prepare() made it: formatted, self-contained
 
 
 LOG_SINK = LogSink()

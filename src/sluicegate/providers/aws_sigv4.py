@@ -38,7 +38,7 @@ class SigV4Signer:
         self._chain: Any = None  # botocore Credentials, possibly refreshable
         self._frozen: Any = None  # the ReadOnlyCredentials requests are signed with
         self._frozen_at = 0.0
-        self._failure: GatewayError | None = None
+        self._failure: str | None = None  # the message of the last failed lookup
         self._failed_at = 0.0
         self._lookup: asyncio.Future[None] | None = None
 
@@ -60,11 +60,11 @@ class SigV4Signer:
                 self._start_lookup()  # renew in the background; this request signs with the current copy
             return
         if self._failure is not None and now - self._failed_at < RETRY_AFTER:
-            raise self._failure_copy()
+            raise _config_error(self._failure)  # a new exception per request: no traceback chained onto another
         lookup = self._start_lookup()
         await asyncio.shield(lookup)  # a request that is cancelled must not cancel the others' lookup
         if self._frozen is None:
-            raise self._failure_copy()
+            raise _config_error(self._failure or "No AWS credentials for provider bedrock.")
 
     def _start_lookup(self) -> asyncio.Future[None]:
         if self._lookup is None:
@@ -75,7 +75,7 @@ class SigV4Signer:
         try:
             frozen = await asyncio.to_thread(self._frozen_from_chain)
         except GatewayError as exc:
-            self._failure, self._failed_at = exc, self._clock()  # a copy that still signs is kept meanwhile
+            self._failure, self._failed_at = exc.message, self._clock()  # a copy that still signs is kept meanwhile
         else:
             self._frozen, self._frozen_at, self._failure = frozen, self._clock(), None
         finally:
@@ -95,10 +95,6 @@ class SigV4Signer:
             raise
         except Exception as exc:  # botocore's own errors (a missing profile, a bad config file, an endpoint down)
             raise _config_error(f"Could not load AWS credentials for provider bedrock: {exc}") from None
-
-    def _failure_copy(self) -> GatewayError:
-        # A new exception per request: raising the stored one would chain every request's traceback onto it.
-        return _config_error(self._failure.message if self._failure else "No AWS credentials for provider bedrock.")
 
     def sign(self, url: str, headers: dict[str, str], body: bytes, region: str) -> dict[str, str]:
         """`headers` plus Authorization, X-Amz-Date (and X-Amz-Security-Token for temporary credentials).

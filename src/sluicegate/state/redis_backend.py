@@ -182,8 +182,8 @@ class RedisBackend:
         tasks += [queue.pump for queue in self._queues.values()]
         await background.stop(tasks, "state backend")
         if release_leases:
-            if self._background:  # lease releases and deposits in flight: each is one bounded Redis call
-                await asyncio.wait(self._background, timeout=background.STOP_WAIT)
+            # Lease releases and deposits in flight: let them finish (each is one bounded Redis call).
+            await background.settle(self._background, "state backend")
             if self._available:
                 with contextlib.suppress(_UseFallback, *_REDIS_FAILURES):
                     await self._flush_deposits()
