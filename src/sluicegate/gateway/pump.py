@@ -1,17 +1,22 @@
 """The pump: upstream body -> codec -> client, driven by the upstream connection's read callback.
 
-Per upstream read the work is: one timestamp, one codec feed, one histogram bucket, one synchronous write to the
-client transport. No coroutine, future or task per event, no wait_for, no log line, no lock: the request's task
-sleeps in `run()` and wakes only when the stream ends, fails, or the client stops draining.
+Each upstream read goes from the read callback into the worker's relay queue (`relay_queue.py`), which relays at
+most a slice of reads per loop turn: so a decode step's burst of reads from hundreds of streams does not hold up a
+new request's steps or /healthz for the whole burst. Per read the relay work is: one timestamp, one codec feed, one
+histogram bucket, one synchronous write to the client transport. No coroutine, future or task per event, no
+wait_for, no log line, no lock: the request's task sleeps in `run()` and wakes only when the stream ends, fails, or
+the client stops draining. The end of the body and a lost connection go through the queue too, after the reads
+that came before them.
 
 Where it can block: when the client is not draining (its transport is over the high-water mark) the pump stops
 reading the upstream (`pause_reading`), so TCP pushes back on the upstream, and the task waits for the client to
 drain (watched by the write-stall deadline). A per-stream rate cap holds one batch and pauses reading until the
-batch is due. What bounds its memory: one read (`server.upstream_read_buffer`), the codec's partial event
-(`server.max_event_bytes`) and the client transport's buffer (`server.client_write_buffer`). What bounds its turn
-on the loop: uvloop reads a busy socket up to 32 times per loop turn, so after `chunks_per_yield` reads or
-`bytes_per_yield` bytes in one burst the pump pauses reading and resumes on the next turn (a firehose upstream
-with a fast client cannot starve other streams or /healthz).
+batch is due. What bounds its memory: the reads it has queued (at most `chunks_per_yield` reads or
+`bytes_per_yield` bytes: then it pauses reading until they are relayed), the codec's partial event
+(`server.max_event_bytes`) and the client transport's buffer (`server.client_write_buffer`; reads queued before a
+pause may still be written into it). What bounds its turn on the loop: the same queue limit; uvloop reads a busy
+socket up to 32 times per loop turn, but a firehose upstream gets at most `chunks_per_yield` reads in before its
+reading pauses, and they are relayed in turn with every other stream's.
 """
 
 from __future__ import annotations
@@ -24,14 +29,11 @@ from dataclasses import dataclass
 from sluicegate.gateway.client_stream import ClientStream
 from sluicegate.gateway.deadlines import StreamDeadlines
 from sluicegate.gateway.rate import StreamRateLimiter
+from sluicegate.gateway.relay_queue import relay_queue
 from sluicegate.observe.histogram import LocalHistogram
 from sluicegate.providers.base import StreamCodec
 from sluicegate.upstream.connection import UpstreamConnection
 from sluicegate.upstream.errors import UpstreamError
-
-# Reads closer together than this are one burst (uvloop reads a busy socket up to 32 times per loop turn): the
-# yield budget counts them. A token-paced stream's reads are milliseconds apart and never count up to a yield.
-BURST_GAP = 0.001
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,7 @@ class Pump:
     what broke the stream (UpstreamError, WireError, ClientGone). Cancelling the task stops it at once."""
 
     __slots__ = (
+        "_backlogged",
         "_client",
         "_clock",
         "_codec",
@@ -62,15 +65,15 @@ class Pump:
         "_loop",
         "_max_bytes",
         "_max_reads",
+        "_pending_bytes",
+        "_pending_reads",
+        "_push",
         "_rate",
         "_send",
         "_stalled",
         "_stopped",
-        "_turn_bytes",
-        "_turn_reads",
         "_upstream_done",
         "_waiter",
-        "_yielding",
     )
 
     def __init__(self, conn: UpstreamConnection, codec: StreamCodec, client: ClientStream,
@@ -91,9 +94,10 @@ class Pump:
         self._rate = rate
         self._max_reads = limits.chunks_per_yield
         self._max_bytes = limits.bytes_per_yield
-        self._turn_reads = 0
-        self._turn_bytes = 0
-        self._yielding = False  # reading paused until the loop's next turn
+        self._pending_reads = 0  # reads waiting in the relay queue
+        self._pending_bytes = 0
+        self._backlogged = False  # reading paused until the queued reads are relayed
+        self._push = relay_queue(self._loop).push
         self._last_event = deadlines.last_upstream
         self._upstream_done = False  # the upstream body ended (run() finishes once nothing is held back either)
         self._error: BaseException | None = None
@@ -136,16 +140,33 @@ class Pump:
     def body(self, data: bytes) -> None:
         if self._stopped:
             return
+        self._pending_reads += 1
+        self._pending_bytes += len(data)
+        if (self._pending_reads >= self._max_reads or self._pending_bytes >= self._max_bytes) and not self._backlogged:
+            self._backlogged = True  # a firehose: read no more until what it sent is relayed
+            self._conn.pause_reading()
+        self._push(self._relay, data)
+
+    def end(self) -> None:
+        if not self._stopped:
+            self._push(self._end, None)  # after the reads still queued
+
+    def lost(self, exc: UpstreamError) -> None:
+        if not self._stopped:
+            self._push(self._fail, exc)  # the reads that came before the failure are relayed first
+
+    # --- the relay queue's work ---------------------------------------------------------------------------------
+    def _relay(self, data: bytes) -> None:
+        self._pending_reads -= 1
+        self._pending_bytes -= len(data)
+        if self._stopped:
+            return
         try:
+            if self._backlogged and not self._pending_reads:
+                self._backlogged = False
+                self._resume()
             now = self._clock()
-            deadlines = self._deadlines
-            if now - deadlines.last_upstream > BURST_GAP:
-                self._turn_reads = self._turn_bytes = 0  # not a burst: a paced stream never pays for yielding
-            deadlines.last_upstream = now
-            self._turn_reads += 1
-            self._turn_bytes += len(data)
-            if self._turn_reads >= self._max_reads or self._turn_bytes >= self._max_bytes:
-                self._yield_turn()
+            self._deadlines.last_upstream = now
             out = self._codec.feed(data)
             if out:
                 gap = now - self._last_event
@@ -155,6 +176,9 @@ class Pump:
                 self._last_event = now
                 if self._rate is not None:
                     delay = self._rate.delay(out, now)
+                    if self._held is not None:
+                        self._hold_more(out, delay)
+                        return
                     if delay > 0.0:
                         self._hold(out, delay)
                         return
@@ -163,16 +187,12 @@ class Pump:
         except Exception as exc:  # a malformed stream, a client that is gone: the task decides what it means
             self._fail(exc)
 
-    def end(self) -> None:
+    def _end(self, _: None) -> None:
         if self._stopped:
             return
         self._upstream_done = True
         if self._held is None:  # with a batch held back, its release finishes the stream
             self._wake()
-
-    def lost(self, exc: UpstreamError) -> None:
-        if not self._stopped:
-            self._fail(exc)
 
     # --- slow paths ---------------------------------------------------------------------------------------------
     def _stall(self) -> None:
@@ -184,6 +204,14 @@ class Pump:
         self._held = out
         self._conn.pause_reading()
         self._held_handle = self._loop.call_later(delay, self._release_held)
+
+    def _hold_more(self, out: bytes, delay: float) -> None:
+        # Reads queued before reading paused join the held batch, which is then due when all of it is.
+        assert self._held is not None
+        self._held += out
+        if delay > 0.0 and self._held_handle is not None:
+            self._held_handle.cancel()
+            self._held_handle = self._loop.call_later(delay, self._release_held)
 
     def _release_held(self) -> None:
         self._held_handle = None
@@ -202,22 +230,8 @@ class Pump:
         else:
             self._resume()
 
-    def _yield_turn(self) -> None:
-        if self._yielding:
-            return
-        self._yielding = True
-        self._conn.pause_reading()
-        self._loop.call_soon(self._next_turn)
-
-    def _next_turn(self) -> None:
-        self._turn_reads = 0
-        self._turn_bytes = 0
-        self._yielding = False
-        if not self._stopped:
-            self._resume()
-
     def _resume(self) -> None:
-        if not self._stalled and self._held is None and not self._yielding:
+        if not self._stalled and self._held is None and not self._backlogged:
             self._conn.resume_reading()
 
     def _take_error(self) -> BaseException:
@@ -227,6 +241,8 @@ class Pump:
         return error
 
     def _fail(self, exc: BaseException) -> None:
+        if self._stopped:
+            return
         if self._error is None:
             self._error = exc
         self._wake()
