@@ -1,16 +1,21 @@
 """The worker's relay queue: a decode step's burst of streaming reads is relayed in slices, and other work (a new
 request's steps, /healthz) runs between slices instead of after the whole burst; one stream's reads keep their
-order; a slice that raises does not stop the queue. (Streams through the queue over real sockets are covered by
+order; a slice that raises does not stop the queue; the event-loop lag (the load-shedding signal) counts the time
+reads wait in the queue, not only how late timers run. (Streams through the queue over real sockets are covered by
 every stream test; these pin down the scheduling itself.)"""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import uvloop
+from prometheus_client import CollectorRegistry
 
 from sluicegate.gateway.relay_queue import RELAY_SLICE, RelayQueue, relay_queue
+from sluicegate.observe.looplag import LoopLagMonitor
+from sluicegate.observe.metrics import Metrics
 
 
 @pytest.fixture
@@ -90,3 +95,36 @@ def test_one_queue_per_loop(loop: asyncio.AbstractEventLoop) -> None:
         assert relay_queue(other) is not relay_queue(loop)
     finally:
         other.close()
+
+
+def test_event_loop_lag_counts_the_wait_in_the_relay_queue(loop: asyncio.AbstractEventLoop) -> None:
+    # A worker short of CPU: every read costs 2 ms to relay and 400 wait. Sliced, no loop turn lasts much more than
+    # RELAY_SLICE x 2 ms (~32 ms), but the last read waits ~0.8 s: that is the lag load shedding must see.
+    queue = relay_queue(loop)
+    monitor = LoopLagMonitor(Metrics(CollectorRegistry()), interval=0.05)
+    turn_lengths: list[float] = []
+
+    def slow_relay(_: int) -> None:
+        time.sleep(0.002)
+
+    async def scenario() -> float:
+        monitor.start(queue.push)
+        await asyncio.sleep(0.12)  # a probe or two through the empty queue
+        idle_lag = monitor.lag
+        for i in range(400):
+            queue.push(slow_relay, i)
+        worst = 0.0
+        last = time.monotonic()
+        while len(queue):
+            await asyncio.sleep(0)
+            now = time.monotonic()
+            turn_lengths.append(now - last)
+            last = now
+            worst = max(worst, monitor.lag)
+        monitor.stop()
+        assert idle_lag < 0.05, idle_lag
+        return worst
+
+    worst_lag = loop.run_until_complete(scenario())
+    assert max(turn_lengths) < 0.3, max(turn_lengths)  # the loop kept turning...
+    assert worst_lag > 0.4, worst_lag  # ...and the lag still showed the reads' wait

@@ -24,6 +24,7 @@ from sluicegate.gateway.client_stream import ClientGone, ClientStream
 from sluicegate.gateway.deadlines import StreamDeadlines, deadline_error
 from sluicegate.gateway.pump import Pump, PumpLimits
 from sluicegate.gateway.rate import StreamRateLimiter
+from sluicegate.gateway.relay_queue import relay_queue
 from sluicegate.gateway.retry import RetryDriver
 from sluicegate.gateway.routing import Deployment, Route, Router
 from sluicegate.gateway.selection import Selector
@@ -67,7 +68,7 @@ class Gateway:
         self._closing = False
 
     async def start(self) -> None:
-        self.lag.start()
+        self.lag.start(relay_queue(asyncio.get_running_loop()).push)
         self._budget_task = asyncio.get_running_loop().create_task(self._publish_budgets())
 
     async def _publish_budgets(self) -> None:
