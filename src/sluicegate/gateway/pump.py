@@ -159,8 +159,8 @@ class Pump:
     def _relay(self, data: bytes) -> None:
         self._pending_reads -= 1
         self._pending_bytes -= len(data)
-        if self._stopped:
-            return
+        if self._stopped or self._error is not None:
+            return  # after a failure nothing more goes out: the task ends the stream with an error event
         try:
             if self._backlogged and not self._pending_reads:
                 self._backlogged = False

@@ -22,10 +22,12 @@ RELAY_SLICE = 16  # reads relayed per loop turn; 4 to 64 measured the same (docs
 
 
 class RelayQueue:
-    __slots__ = ("__weakref__", "_items", "_loop", "_scheduled", "_slice")
+    __slots__ = ("_items", "_loop", "_scheduled", "_slice")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, slice_size: int = RELAY_SLICE) -> None:
-        self._loop = loop
+        # Weak: the registry below maps the loop to this queue, and a strong reference back would keep every loop
+        # (and whatever its queue still holds) alive for ever once it is closed (a test suite makes many).
+        self._loop = weakref.ref(loop)
         self._items: deque[tuple[Callable[[Any], None], Any]] = deque()
         self._scheduled = False
         self._slice = slice_size
@@ -36,8 +38,10 @@ class RelayQueue:
     def push(self, work: Callable[[Any], None], arg: Any) -> None:
         self._items.append((work, arg))
         if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self._run)
+            loop = self._loop()
+            if loop is not None:
+                self._scheduled = True
+                loop.call_soon(self._run)
 
     def _run(self) -> None:
         items = self._items
@@ -46,8 +50,9 @@ class RelayQueue:
                 work, arg = items.popleft()
                 work(arg)  # must not raise: the pump catches what its relay raises
         finally:
-            if items:
-                self._loop.call_soon(self._run)
+            loop = self._loop() if items else None
+            if loop is not None:
+                loop.call_soon(self._run)
             else:
                 self._scheduled = False
 

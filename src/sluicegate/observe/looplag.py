@@ -62,4 +62,6 @@ class LoopLagMonitor:
             self._handle.cancel()
             self._handle = None
         self._loop = None
-        self._probe_sent = None
+        self._probe_sent = None  # a probe still queued is ignored when it runs
+        self._relay_delay = 0.0
+        self.lag = 0.0

@@ -96,7 +96,9 @@ class Metrics:
         self.heartbeats = Counter(
             "sluicegate_heartbeats", "SSE keep-alive comments written to clients.", ["model"], registry=r)
         self.loop_lag = Gauge(
-            "sluicegate_event_loop_lag_seconds", "How late the event loop ran a timer, last sample.",
+            "sluicegate_event_loop_lag_seconds",
+            "How late the worker gets its work done, last sample: a timer's lateness or, if longer, a probe's wait "
+            "in the relay queue.",
             registry=r, multiprocess_mode="livemax")
         self.state_available = Gauge(
             "sluicegate_state_available",
