@@ -27,6 +27,7 @@ from sluicegate.providers.openai import OpenAIPassthroughCodec
 from sluicegate.types import Endpoint
 from sluicegate.upstream.connection import UpstreamConnection
 from sluicegate.wire.errors import WireError
+from tests.support.memory_client import MemoryClient
 
 
 @pytest.fixture
@@ -145,36 +146,20 @@ def test_event_loop_lag_counts_the_wait_in_the_relay_queue(loop: asyncio.Abstrac
     assert worst_lag > 0.4, worst_lag  # ...and the lag still showed the reads' wait
 
 
-class RecordingClient:
-    """The client side of the stream, in memory: what the pump sends is recorded."""
-
-    committed = True
-    bytes_sent = 0
-    stalled_since = 0.0
-    on_stall = None
+class RecordingClient(MemoryClient):
+    """Keeps what the pump sends."""
 
     def __init__(self) -> None:
-        self.headers: dict[str, str] = {}
+        super().__init__()
         self.sent: list[bytes] = []
 
     async def write(self, data: bytes) -> None:
         self.sent.append(data)
+        await super().write(data)
 
     def send(self, data: bytes) -> bool:
         self.sent.append(data)
-        return False
-
-    async def drain(self) -> None:
-        pass
-
-    def digest(self) -> str:
-        return ""
-
-    def heartbeat(self) -> None:
-        pass
-
-    async def end(self, final: bytes = b"", *, clean: bool = True) -> None:
-        pass
+        return super().send(data)
 
 
 def test_reads_queued_behind_a_failure_are_not_relayed(loop: asyncio.AbstractEventLoop) -> None:
