@@ -331,7 +331,7 @@ async def case_sink_gets_every_read_and_pausing_stops_reading(client: UpstreamCl
 
 
 class PausingSink(RecordingSink):
-    """Pauses reading on every read, as the relay does when the client is not draining or at its yield budget."""
+    """Pauses reading on every read, as the relay does when the client is not draining or too many reads are queued."""
 
     def __init__(self, conn: UpstreamConnection) -> None:
         super().__init__()

@@ -267,7 +267,7 @@ class UpstreamConnection(asyncio.BufferedProtocol):
 
     def park(self) -> None:
         """Ready for the next request (the pool holds it idle meanwhile). Reading is switched back on: the last
-        read may have paused it (backpressure, the yield budget), and an idle connection must see the upstream
+        read may have paused it (backpressure, the relay queue's bound), and an idle connection must see the upstream
         close it."""
         self.resume_reading()
         self._reset()
