@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.support.memory_client import MemoryClient
 
 from sluicegate.config.schema import TimeoutsConfig
 from sluicegate.gateway.deadlines import StreamDeadlines
@@ -46,6 +45,35 @@ STREAMS = {
     "recorded-tool-calls": events_of(FIXTURE.read_bytes()),
     "synthetic-1000": [CHUNK] * 999 + [b"data: [DONE]\n\n"],
 }
+
+
+class Sink:
+    """An in-memory client: accepts every write at once."""
+
+    committed = True
+    bytes_sent = 0
+    stalled_since = 0.0
+    headers: dict[str, str] = {}
+    on_stall = None
+
+    async def write(self, data: bytes) -> None:
+        self.bytes_sent += len(data)
+
+    def send(self, data: bytes) -> bool:
+        self.bytes_sent += len(data)
+        return False
+
+    async def drain(self) -> None:
+        pass
+
+    def digest(self) -> str:
+        return ""
+
+    def heartbeat(self) -> None:
+        pass
+
+    async def end(self, final: bytes = b"", *, clean: bool = True) -> None:
+        pass
 
 
 class NullTransport(asyncio.Transport):
@@ -82,7 +110,7 @@ def deliver(conn: UpstreamConnection, data: bytes) -> None:
 
 
 class WriteOnly:
-    def __init__(self, client: MemoryClient) -> None:
+    def __init__(self, client: Sink) -> None:
         self.send = client.send
 
     def body(self, data: bytes) -> None:
@@ -97,7 +125,7 @@ class WriteOnly:
 
 async def bare_callback_relay(events: list[bytes]) -> None:
     conn = await open_connection()
-    conn.set_sink(WriteOnly(MemoryClient()))
+    conn.set_sink(WriteOnly(Sink()))
     for data in events:
         deliver(conn, data)
 
@@ -113,7 +141,7 @@ def reader(events: list[bytes]) -> Callable[[], Awaitable[bytes]]:
 
 async def bare_read_write_loop(events: list[bytes]) -> None:
     read = reader(events)
-    sink = MemoryClient()
+    sink = Sink()
     while data := await read():
         await sink.write(data)
 
@@ -130,7 +158,7 @@ async def sluicegate_pump(events: list[bytes]) -> None:
     conn = await open_connection()
     # Token-paced: each read is 10 ms after the last (a clock that says so), so no read counts towards a yield.
     paced_clock = itertools.count(loop.time(), 0.01).__next__
-    relay = asyncio.ensure_future(Pump(conn, codec, MemoryClient(), deadlines, LocalHistogram(), paced_clock,
+    relay = asyncio.ensure_future(Pump(conn, codec, Sink(), deadlines, LocalHistogram(), paced_clock,
                                        PumpLimits()).run())
     await asyncio.sleep(0)  # run() has handed the connection its sink
     for data in events:
@@ -142,7 +170,7 @@ async def sluicegate_pump(events: list[bytes]) -> None:
 async def wait_for_per_read(events: list[bytes]) -> None:
     """What the deadlines would cost done the obvious way: a wait_for around every read (for comparison only)."""
     read = reader(events)
-    sink = MemoryClient()
+    sink = Sink()
     codec = OpenAIPassthroughCodec(Endpoint.CHAT, strip_usage=True, max_event_bytes=1 << 22)
     codec.started = True
     while data := await asyncio.wait_for(read(), 60.0):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from sluicegate.wire.sse import SSEDecoder
 from tests.support.http import metric, mock_request, wait_for
@@ -232,6 +233,51 @@ async def test_metrics_false_stops_the_per_request_metrics_only(mock_upstream: P
         assert metric(proc.url, "sluicegate_upstream_requests_total", result="ok") == 1  # the others go on
     finally:
         proc.stop()
+
+
+async def test_oversized_event_mid_stream_ends_in_an_error_event_and_nothing_of_it_or_after_it_is_sent() -> None:
+    # The oversized event and the event after it arrive in one write, which the gateway takes in 1 KiB reads that
+    # wait in its relay queue together: once a read has failed the stream, the later reads (which complete the
+    # oversized event and carry the next one) must not be relayed.
+    first = b'data: {"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+    oversized = b'data: {"pad":"' + b"x" * 2400 + b'"}\n\n'
+    after = b'data: {"id":"c1","object":"chat.completion.chunk","choices":[{"index":0,"delta":{"content":"late"}}]}\n\n'
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(first)
+        await asyncio.sleep(0.3)  # the gateway commits the first event and hands the stream to its pump
+        await response.write(oversized + after)
+        await asyncio.sleep(0.3)
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", serve)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    proc = start_gateway(one_model(f"http://127.0.0.1:{port}/v1",
+                                   server={"max_event_bytes": 1024, "upstream_read_buffer": 1024}))
+    try:
+        async with aiohttp.ClientSession() as session, session.post(
+                f"{proc.url}/v1/chat/completions", json={"model": "m", "stream": True}) as resp:
+            assert resp.status == 200
+            received = await resp.read()
+        events = [e.data for e in SSEDecoder().feed(received)]
+        assert events[0] == first[6:-2].decode()
+        assert len(events) == 2, events  # the first event, then the error event: nothing of the oversized one
+        assert "larger than 1024 bytes" in events[1] and '"error"' in events[1]
+        assert b"xxxx" not in received and b"late" not in received and b"[DONE]" not in received
+        assert wait_for(lambda: metric(proc.url, "sluicegate_streams_in_flight") == 0, timeout=5)
+        assert metric(proc.url, "sluicegate_upstream_in_flight") == 0
+    finally:
+        proc.stop()
+        await runner.cleanup()
 
 
 async def test_non_streaming_response_larger_than_max_event_bytes_is_a_clean_502(mock_upstream: Proc) -> None:

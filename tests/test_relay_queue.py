@@ -1,9 +1,9 @@
 """The worker's relay queue: a decode step's burst of streaming reads is relayed in slices, and other work (a new
 request's steps, /healthz) runs between slices instead of after the whole burst; one stream's reads keep their
-order; once a stream has failed, reads it had queued are not relayed; a slice that raises does not stop the
-queue; the event-loop lag (the load-shedding signal) counts the time
+order; a slice that raises does not stop the queue; the event-loop lag (the load-shedding signal) counts the time
 reads wait in the queue, not only how late timers run. (Streams through the queue over real sockets are covered by
-every stream test; these pin down the scheduling itself.)"""
+every stream test, a failure with reads still queued by test_core_stream_behaviour.py; these pin down the
+scheduling itself.)"""
 
 from __future__ import annotations
 
@@ -16,18 +16,9 @@ import pytest
 import uvloop
 from prometheus_client import CollectorRegistry
 
-from sluicegate.config.schema import TimeoutsConfig
-from sluicegate.gateway.deadlines import StreamDeadlines
-from sluicegate.gateway.pump import Pump, PumpLimits
 from sluicegate.gateway.relay_queue import RELAY_SLICE, RelayQueue, relay_queue
-from sluicegate.observe.histogram import LocalHistogram
 from sluicegate.observe.looplag import LoopLagMonitor
 from sluicegate.observe.metrics import Metrics
-from sluicegate.providers.openai import OpenAIPassthroughCodec
-from sluicegate.types import Endpoint
-from sluicegate.upstream.connection import UpstreamConnection
-from sluicegate.wire.errors import WireError
-from tests.support.memory_client import MemoryClient
 
 
 @pytest.fixture
@@ -144,69 +135,3 @@ def test_event_loop_lag_counts_the_wait_in_the_relay_queue(loop: asyncio.Abstrac
     worst_lag = loop.run_until_complete(scenario())
     assert max(turn_lengths) < 0.3, max(turn_lengths)  # the loop kept turning...
     assert worst_lag > 0.4, worst_lag  # ...and the lag still showed the reads' wait
-
-
-class RecordingClient(MemoryClient):
-    """Keeps what the pump sends."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sent: list[bytes] = []
-
-    async def write(self, data: bytes) -> None:
-        self.sent.append(data)
-        await super().write(data)
-
-    def send(self, data: bytes) -> bool:
-        self.sent.append(data)
-        return super().send(data)
-
-
-def test_reads_queued_behind_a_failure_are_not_relayed(loop: asyncio.AbstractEventLoop) -> None:
-    # An event over max_event_bytes (100) followed by a valid one, arriving in one TCP write and read 64 bytes at a
-    # time: the four reads are queued in one loop turn. Relaying the second fails the stream (the event is too
-    # large); the fourth completes the oversized event and the next one, and must not reach the client.
-    body = b"data: " + b"x" * 200 + b"\n\n" + b"data: after\n\n"
-    send_body = asyncio.Event()
-
-    async def upstream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n")
-        await send_body.wait()
-        writer.write(body)
-        await writer.drain()
-        await asyncio.sleep(0.5)
-        writer.close()
-
-    async def scenario() -> tuple[RecordingClient, BaseException | None]:
-        server = await asyncio.start_server(upstream, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        conn = UpstreamConnection(("http", "127.0.0.1", port), 64, loop)
-        await loop.create_connection(lambda: conn, "127.0.0.1", port)
-        conn.send(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
-        await conn.response_head()
-        task = asyncio.current_task()
-        assert task is not None
-        deadlines = StreamDeadlines(loop, task, TimeoutsConfig())  # type: ignore[arg-type]
-        deadlines.start(loop.time(), total=30)
-        deadlines.streaming(loop.time())
-        codec = OpenAIPassthroughCodec(Endpoint.CHAT, strip_usage=False, max_event_bytes=100)
-        codec.started = True  # as after the first event
-        client = RecordingClient()
-        pump = Pump(conn, codec, client, deadlines, LocalHistogram(), time.monotonic, PumpLimits(chunks_per_yield=4))
-        send_body.set()
-        error: BaseException | None = None
-        try:
-            await asyncio.wait_for(pump.run(), 5)
-        except WireError as exc:
-            error = exc
-        finally:
-            deadlines.stop()
-            conn.close()
-            server.close()
-            await server.wait_closed()
-        return client, error
-
-    client, error = loop.run_until_complete(scenario())
-    assert error is not None and "larger than 100 bytes" in str(error)
-    assert client.sent == []
