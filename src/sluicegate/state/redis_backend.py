@@ -613,7 +613,7 @@ class RedisBackend:
                 log.exception("release listener failed; waiters poll until it is back")
             finally:
                 with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                    await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # untyped before redis 8
             # Waiters fall back to polling until the subscription is back.
             await asyncio.sleep(self._recheck_interval)
 
