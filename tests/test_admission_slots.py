@@ -13,7 +13,7 @@ async def test_release_is_idempotent_and_only_for_the_matching_holder() -> None:
     slots = Slots()
     assert await backend.acquire_slot("deployment:d", 1, "req:1", 0)
     slots.add(backend, "deployment:d", "req:1")
-    slots.release("deployment:d", "req:1")  # the first attempt failed: its release runs as a task
+    slots.release("deployment:d", "req:1")  # the first attempt failed
     slots.release("deployment:d", "req:1")  # a second call must not release anything else
     # The retry's acquire, with its own holder, waits for the first release instead of "already holding" it.
     assert await backend.acquire_slot("deployment:d", 1, "req:2", 1.0)
@@ -24,3 +24,15 @@ async def test_release_is_idempotent_and_only_for_the_matching_holder() -> None:
     slots.release()
     await asyncio.sleep(0.01)
     assert await backend.in_use("deployment:d") == 0
+
+
+async def test_an_in_process_slot_is_free_as_soon_as_it_is_released() -> None:
+    """No task per release for the memory backend: the slot is free before anything else runs (a task would leave
+    it held until the loop's next turn)."""
+    backend = MemoryBackend()
+    slots = Slots()
+    assert await backend.acquire_slot("worker", 1, "req:1", 0)
+    slots.add(backend, "worker", "req:1")
+    slots.release()
+    assert backend.holds_slot("worker", "req:1") is False
+    assert await backend.acquire_slot("worker", 1, "req:2", 0)

@@ -12,7 +12,8 @@ import threading
 import time
 import urllib.request
 
-from sluicegate.observe.logsink import LogSink
+from sluicegate.observe import access_log
+from sluicegate.observe.logsink import FdLineHandler, LogSink
 from tests.support.http import metric, wait_for
 from tests.support.procs import Proc, one_model, start_gateway
 
@@ -104,3 +105,74 @@ def test_a_forked_child_writes_through_its_own_writer_thread() -> None:
     with os.fdopen(read_end, "rb") as reader:
         written = reader.read()
     assert b"INFO from the parent\n" in written and b"INFO from the child\n" in written
+
+
+def test_lines_are_written_in_batches_whole_and_in_order() -> None:
+    """A burst of lines costs a few writes, not one system call (and one thread wake-up) per line; records and
+    ready-made lines (the access log's) for the same descriptor keep their order."""
+    read_end, write_end = os.pipe()
+    writes: list[int] = []
+
+    class CountingHandler(FdLineHandler):
+        def emit_many(self, records: list[logging.LogRecord | bytes]) -> None:
+            writes.append(len(records))
+            super().emit_many(records)
+
+    target = CountingHandler(write_end)
+    target.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    sink = LogSink()
+    logger = logging.getLogger("test.logsink.batches")
+    logger.handlers = [sink.handler_for(target)]
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    drained = bytearray()
+
+    def drain() -> None:
+        with os.fdopen(read_end, "rb") as reader:
+            while chunk := reader.read1(65536):
+                drained.extend(chunk)
+
+    reading = threading.Thread(target=drain, daemon=True)
+    reading.start()
+    for i in range(1000):
+        if i % 2:
+            sink.put(b'{"line": %d}' % i, target)
+        else:
+            logger.info("line %d", i)
+    sink.stop()
+    os.close(write_end)
+    reading.join(10)
+    expected = b"".join(b'{"line": %d}\n' % i if i % 2 else b"INFO line %d\n" % i for i in range(1000))
+    assert bytes(drained) == expected
+    assert sum(writes) == 1000 and len(writes) < 100, writes
+
+
+def test_access_log_lines_skip_logging_once_the_server_set_them_up() -> None:
+    read_end, write_end = os.pipe()
+    target = FdLineHandler(write_end)
+    seen: list[bytes] = []
+    records: list[logging.LogRecord] = []
+
+    class Recorder(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    recorder = Recorder()
+    access_log.ACCESS_LOGGER.addHandler(recorder)
+    try:
+        access_log.write_lines_to(target)
+        access_log.write(b'{"request_id": "a"}')
+        with os.fdopen(read_end, "rb") as reader:
+            reading = threading.Thread(target=lambda: seen.append(reader.readline()), daemon=True)
+            reading.start()
+            reading.join(5)
+        assert seen == [b'{"request_id": "a"}\n'] and not records  # straight to the descriptor, no logging record
+        access_log.write_lines_to(None)  # without the server's set-up: through the logger's own handlers
+        access_log.ACCESS_LOGGER.setLevel(logging.INFO)
+        access_log.write(b'{"request_id": "b"}')
+        assert [r.getMessage() for r in records] == ['{"request_id": "b"}']
+    finally:
+        access_log.write_lines_to(None)
+        access_log.ACCESS_LOGGER.removeHandler(recorder)
+        access_log.ACCESS_LOGGER.setLevel(logging.NOTSET)
+        os.close(write_end)

@@ -3,10 +3,11 @@ client receives. It sits below `providers` so that adapters and the gateway can 
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
+
+from sluicegate.ids import new_id
 
 
 class Endpoint(StrEnum):
@@ -51,9 +52,10 @@ class GatewayRequest:
     user: str | None = None
     extra_headers: dict[str, str] = field(default_factory=dict)
     first_sent: float = 0.0  # time.monotonic() the first upstream attempt was sent (gateway overhead = this - arrived)
-    # Who holds this request's admission slots: always generated here, never the client's x-request-id, so that a
-    # client reusing one id cannot share one slot between many requests.
-    holder: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # Who holds this request's admission slots: always generated here (the server path passes the request's own
+    # id, which is the gateway's too), never the client's id, so that a client reusing one id cannot share one
+    # slot between many requests.
+    holder: str = field(default_factory=new_id)
 
 
 class GatewayError(Exception):

@@ -3,12 +3,12 @@ dashboard's numbers, a usage record and an access-log line — exactly once per 
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass, field
 
 import msgspec
 
+from sluicegate.observe import access_log
 from sluicegate.observe.histogram import LocalHistogram
 from sluicegate.observe.live import LiveStats
 from sluicegate.observe.metrics import Metrics
@@ -16,7 +16,6 @@ from sluicegate.observe.usage import UsageRecord, UsageRecorder
 from sluicegate.providers.base import Usage
 from sluicegate.types import GatewayError, GatewayRequest, Outcome
 
-access_log = logging.getLogger("sluicegate.access")
 _encode = msgspec.json.Encoder()
 
 
@@ -101,8 +100,8 @@ class Accountant:
         )
         if self.usage is not None:
             self.usage.submit(entry)
-        if self.access_log_enabled and access_log.isEnabledFor(logging.INFO):
-            access_log.info(_encode.encode(entry).decode())
+        if self.access_log_enabled and access_log.enabled():
+            access_log.write(_encode.encode(entry))
 
     def _metrics(self, record: RequestRecord) -> None:
         metrics = self.metrics

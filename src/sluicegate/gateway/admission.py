@@ -1,7 +1,8 @@
 """Admission before work: the worker cap, the API key's rate and concurrency caps, and per-deployment slots.
 
 A slot is taken before any upstream work and released exactly once on every path: `Slots.release()` is
-idempotent and never awaits (the release runs as its own task), so a cancelled request cannot skip or interrupt it.
+idempotent and never awaits (an in-process slot is released on the spot, a shared one by a task of its own), so a
+cancelled request cannot skip or interrupt it.
 Waiting is bounded by the queue deadline: 0 = refuse at once (429 + Retry-After).
 """
 
@@ -46,6 +47,9 @@ _background: set[asyncio.Task[None]] = set()
 
 
 def _release_soon(backend: StateBackend, key: str, holder: str) -> None:
+    if isinstance(backend, MemoryBackend):
+        backend.release_slot_now(key, holder)  # nothing to wait for: no task per request
+        return
     task = asyncio.get_running_loop().create_task(backend.release_slot(key, holder))
     _background.add(task)
     task.add_done_callback(_background.discard)

@@ -157,6 +157,13 @@ class AiohttpClientStream:
             self.bytes_sent += len(data)
             self._sha.update(data)
 
+    async def _finish(self, final: bytes) -> None:
+        if final:
+            await self.write(final)
+        if self._writer is None and self._prepare is None:
+            return
+        await self.response.write_eof()
+
     async def end(self, final: bytes = b"", *, clean: bool = True) -> None:
         if not clean:
             transport = self._request.transport
@@ -164,12 +171,11 @@ class AiohttpClientStream:
                 transport.abort()  # the client stopped reading: drop what is queued, free the memory now
             return
         try:
-            async with asyncio.timeout(self._end_timeout):
-                if final:
-                    await self.write(final)
-                if self._writer is None and self._prepare is None:
-                    return
-                await self.response.write_eof()
+            if final or self._protocol.writing_paused:
+                async with asyncio.timeout(self._end_timeout):
+                    await self._finish(final)
+            else:
+                await self._finish(final)  # nothing to write but the last chunk and no backlog: it cannot wait
         except (TimeoutError, ConnectionError, ClientConnectionResetError, RuntimeError):
             transport = self._request.transport
             if transport is not None:

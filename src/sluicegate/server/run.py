@@ -25,6 +25,8 @@ from aiohttp import web
 
 from sluicegate.config.loader import ConfigError, default_config, load_config
 from sluicegate.config.schema import Config, ServerConfig
+from sluicegate.observe import access_log
+from sluicegate.observe.access_log import ACCESS_LOGGER
 from sluicegate.observe.logsink import LOG_SINK, stderr_handler
 from sluicegate.observe.metrics import Metrics
 from sluicegate.server.app import create_app
@@ -83,11 +85,13 @@ def configure_logging(config: Config) -> None:
         root.addHandler(LOG_SINK.handler_for(stderr_handler("%(asctime)s %(levelname)s %(name)s %(message)s")))
         root.setLevel(config.logging.level.upper())
     # The access log is one JSON object per line and nothing else, so that log shippers can parse it as is.
-    access = logging.getLogger("sluicegate.access")
+    access = ACCESS_LOGGER
     if not access.handlers:
-        access.addHandler(LOG_SINK.handler_for(stderr_handler("%(message)s")))
+        target = stderr_handler("%(message)s")
+        access.addHandler(LOG_SINK.handler_for(target))
         access.propagate = False
         access.setLevel(logging.INFO)
+        access_log.write_lines_to(target)  # the lines skip `logging` and go to that handler's writer as bytes
 
 
 def build_runner(config: Config, metrics: Metrics | None = None, *,

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 
+from sluicegate.ids import new_id
 from sluicegate.types import Endpoint, GatewayError, GatewayRequest, Outcome
 
 _decode = msgspec.json.Decoder()
@@ -18,7 +18,7 @@ _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 def request_id() -> str:
     """The gateway's own id for a request: unique, the key of its usage record, returned as x-request-id."""
-    return uuid.uuid4().hex
+    return new_id()
 
 
 def id_headers(request_headers: Mapping[str, str]) -> dict[str, str]:
@@ -68,5 +68,5 @@ def parse_request(raw: bytes, endpoint: Endpoint, rid: str, arrived: float) -> G
     user = body.get("user")
     return GatewayRequest(
         id=rid, endpoint=endpoint, body=body, model=model, stream=stream, client_wants_usage=wants_usage,
-        arrived=arrived, arrived_wall=time.time(), user=user if isinstance(user, str) else None,
+        arrived=arrived, arrived_wall=time.time(), user=user if isinstance(user, str) else None, holder=rid,
     )

@@ -92,6 +92,10 @@ class MemoryBackend:
     async def release_slot(self, key: str, holder: str) -> None:
         self._slots.release(key, holder)
 
+    def release_slot_now(self, key: str, holder: str) -> None:
+        """`release_slot` without a coroutine: in-process state has nothing to wait for."""
+        self._slots.release(key, holder)
+
     async def in_use(self, key: str) -> int:
         return self._slots.in_use(key)
 
