@@ -363,6 +363,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="run benchmarks/bare_proxy.py (a featureless aiohttp proxy) in place of the gateway")
     p.add_argument("--relay-proxy", action="store_true",
                    help="run benchmarks/relay_proxy.py (a featureless callback relay, the gateway's design) instead")
+    p.add_argument("--raw-relay-proxy", action="store_true",
+                   help="run benchmarks/raw_relay_proxy.py (the same relay behind a raw asyncio server, no aiohttp)")
     p.add_argument("--nginx", action="store_true",
                    help="run nginx (one process, proxy_buffering off) in place of the gateway: the C reference")
     p.add_argument("--pin-gateway", type=int, default=None, metavar="CPU",
@@ -406,6 +408,8 @@ def measure(args: argparse.Namespace, children: list[Child], tmp: Path) -> Runs:
         serve = [args.python, str(Path(__file__).with_name("bare_proxy.py")), mock_url]
     if args.relay_proxy:
         serve = [args.python, str(Path(__file__).with_name("relay_proxy.py")), mock_url]
+    if args.raw_relay_proxy:
+        serve = [args.python, str(Path(__file__).with_name("raw_relay_proxy.py")), mock_url]
     ready: re.Pattern[str] | str = GATEWAY_READY
     if args.nginx:
         serve, ready = nginx_command(mock_url, tmp)
