@@ -170,12 +170,15 @@ class AiohttpClientStream:
             if transport is not None:
                 transport.abort()  # the client stopped reading: drop what is queued, free the memory now
             return
+        transport = self._transport
         try:
-            if final or self._protocol.writing_paused:
+            if not final and transport is not None and not transport.get_write_buffer_size():
+                # Nothing buffered: the last chunk (5 bytes) cannot reach the high-water mark, so ending cannot
+                # wait for the client and needs no timer.
+                await self._finish(final)
+            else:
                 async with asyncio.timeout(self._end_timeout):
                     await self._finish(final)
-            else:
-                await self._finish(final)  # nothing to write but the last chunk and no backlog: it cannot wait
         except (TimeoutError, ConnectionError, ClientConnectionResetError, RuntimeError):
             transport = self._request.transport
             if transport is not None:
