@@ -143,6 +143,70 @@ async def test_usage_api_needs_an_admin_key(mock_upstream: Proc, tmp_path: Path)
         proc.stop()
 
 
+async def test_requests_refused_before_routing_get_one_record_and_one_access_line(mock_upstream: Proc,
+                                                                                   tmp_path: Path) -> None:
+    """401, 400, 403, 404 and 413 end a request too: each gets its usage record and access-log line (with what
+    was known: the key, the model asked for) and one sluicegate_requests_total increment, under model "(unknown)"."""
+    proc = start_gateway({
+        "server": {"max_body_bytes": 2048},
+        "models": [{"name": "m", "deployments": [{"provider": "openai", "api_base": f"{mock_upstream.url}/v1"}]},
+                   {"name": "other", "deployments": [{"provider": "openai", "api_base": f"{mock_upstream.url}/v1"}]}],
+        "auth": {"keys": [{"name": "user", "key": "sk-user-0123456789", "models": ["m", "nope*"]},
+                          {"name": "ops", "key": "sk-ops-0123456789", "admin": True}]},
+        "usage": {"dsn": str(tmp_path / "u.db"), "flush_interval": "50ms"},
+    })
+    user = {"Authorization": "Bearer sk-user-0123456789"}
+    ops = {"Authorization": "Bearer sk-ops-0123456789"}
+    cases = [  # headers, body, expected status, outcome, key, model recorded, stream recorded (once parsed)
+        ({}, b'{"model": "m", "stream": true}', 401, "rejected", None, "(unknown)", False),
+        (user, b'{"model": "m", "stream": tru', 400, "invalid", "user", "(unknown)", False),
+        (user, b'{"model": "other", "stream": true}', 403, "rejected", "user", "other", True),
+        (user, b'{"model": "nope-' + b"x" * 400 + b'", "stream": true}', 404, "invalid", "user", "nope-" + "x" * 251,
+         True),
+        (user, b'{"model": "m", "stream": true, "pad": "' + b"x" * 3000 + b'"}', 413, "invalid", "user", "(unknown)",
+         False),
+    ]
+    try:
+        before = {status: metric(proc.url, "sluicegate_requests_total", model="(unknown)", status=str(status))
+                  for _, _, status, *_ in cases}
+        ids = []
+        async with aiohttp.ClientSession() as session:
+            for headers, payload, status, *_ in cases:
+                async with session.post(f"{proc.url}/v1/chat/completions", data=payload,
+                                        headers={**headers, "Content-Type": "application/json",
+                                                 "x-client-request-id": f"case-{status}"}) as resp:
+                    assert resp.status == status, await resp.text()
+                    ids.append(resp.headers["x-request-id"])
+
+            async def record(rid: str) -> dict[str, object] | None:
+                async with session.get(f"{proc.url}/v1/requests/{rid}", headers=ops) as resp:
+                    return await resp.json() if resp.status == 200 else None  # type: ignore[no-any-return]
+
+            records: list[dict[str, object] | None] = [None] * len(ids)
+            for _ in range(100):
+                records = [await record(rid) for rid in ids]
+                if all(records):
+                    break
+                await asyncio.sleep(0.05)
+        for (_, _, status, outcome, key, model, stream), found in zip(cases, records, strict=True):
+            assert found is not None, status
+            assert (found["status"], found["outcome"], found["key_name"], found["model"], found["stream"]) == (
+                status, outcome, key, model, stream)
+            assert found["client_request_id"] == f"case-{status}"
+            assert found["deployment"] is None and found["attempts"] == 0 and found["bytes_sent"] == 0
+        for status, count in before.items():
+            assert metric(proc.url, "sluicegate_requests_total", model="(unknown)", status=str(status)) == count + 1
+        assert metric(proc.url, "sluicegate_streams_total") == 0  # refused requests are no model's streams
+
+        def access_lines() -> list[dict[str, object]]:
+            return [json.loads(line) for line in proc.read_log().splitlines() if line.startswith('{"request_id"')]
+        assert await asyncio.to_thread(wait_for, lambda: len(access_lines()) >= len(ids), 10.0)
+        assert sorted(str(entry["request_id"]) for entry in access_lines()) == sorted(ids)
+        assert "sk-user" not in proc.read_log()
+    finally:
+        proc.stop()
+
+
 async def test_dashboard_is_served_and_its_feed_moves(mock_upstream: Proc) -> None:
     proc = start_gateway({"models": [{"name": "m", "deployments": [
         {"provider": "openai", "api_base": f"{mock_upstream.url}/v1"}]}]})

@@ -85,8 +85,26 @@ class Accountant:
         if self.live is not None:
             self.live.request_ended(record.model, record.outcome.value, record.ttft, itl_p50, itl_p99, completion,
                                     record.duration)
+        self._record(record, itl_mean, itl_p95)
+
+    def refused(self, record: RequestRecord) -> None:
+        """A request answered with an error before routing (no model to count it under, no stream): counted in
+        `sluicegate_requests_total` under `record.model` ("(unknown)"), then its usage record and access-log line.
+        Once per request, as `finish`."""
+        if record.accounted:
+            return
+        record.accounted = True
+        if self.metrics_enabled:
+            req = record.req
+            self.metrics.child(self.metrics.requests, record.model, req.endpoint.value, str(record.status)).inc()
+        self._record(record, None, None)
+
+    def _record(self, record: RequestRecord, itl_mean: float | None, itl_p95: float | None) -> None:
+        """The usage record and the access-log line."""
         if self.usage is None and not self.access_log_enabled:
             return
+        usage = record.usage
+        completion = usage.completion_tokens if usage is not None else None
         req = record.req
         entry = UsageRecord(
             request_id=req.id, ts=req.arrived_wall, key_name=req.key_name, model=req.model,

@@ -11,7 +11,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sluicegate.config.schema import Config
-from sluicegate.gateway.accounting import Accountant
+from sluicegate.gateway.accounting import Accountant, RequestRecord
 from sluicegate.gateway.admission import ClientKey
 from sluicegate.gateway.core import Gateway
 from sluicegate.gateway.routing import Route
@@ -37,35 +37,57 @@ LIVE = web.AppKey("live", LiveStats)
 ACCOUNTANT = web.AppKey("accountant", Accountant)
 
 UNKNOWN_MODEL_LABEL = "(unknown)"
+MAX_RECORDED_MODEL = 256  # characters of an unknown model name kept in a refused request's usage record
 
 
-def _count_rejected(request: web.Request, model: str, endpoint: Endpoint, error: GatewayError) -> None:
-    if request.app[CONFIG].server.metrics:  # `requests` is one of the metrics server.metrics: false stops
-        request.app[METRICS].requests.labels(model, endpoint.value, str(error.status)).inc()
-
-
-async def _read_request(request: web.Request, endpoint: Endpoint,
-                        ids: dict[str, str]) -> tuple[GatewayRequest, Route, ClientKey | None]:
-    key = request.app[KEYS].authenticate(request.headers.get("Authorization"))
-    config = request.app[CONFIG]
-    limit = config.server.max_body_bytes
-    # Measurements use time.monotonic(): uvloop's loop.time() ticks in whole milliseconds. Deadlines compare it
-    # with loop.time(); both count CLOCK_MONOTONIC, so they differ by at most a tick.
-    arrived = time.monotonic()
+async def _read_request(request: web.Request, endpoint: Endpoint, ids: dict[str, str], arrived: float,
+                        seen: _Seen) -> tuple[GatewayRequest, Route, ClientKey | None]:
+    """Authenticate, read and validate the request and resolve its model. What was learnt before a refusal is left
+    in `seen`, for the refused request's usage record."""
+    key = seen.key = request.app[KEYS].authenticate(request.headers.get("Authorization"))
+    limit = request.app[CONFIG].server.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise _too_large(limit) from None
-    req = parse_request(raw, endpoint, ids["x-request-id"], arrived)
+    req = seen.req = parse_request(raw, endpoint, ids["x-request-id"], arrived)
     req.client_request_id = ids.get("x-client-request-id")
     if key is not None:
+        req.key_name = key.name
         if not key.allows(req.model):
             raise forbidden_model(key, req.model)
-        req.key_name = key.name
     route = request.app[GATEWAY].router.resolve(req.model)
     return req, route, key
+
+
+class _Seen:
+    """What the server knew of a request when it refused it: the key, the parsed body."""
+
+    __slots__ = ("key", "req")
+
+    def __init__(self) -> None:
+        self.key: ClientKey | None = None
+        self.req: GatewayRequest | None = None
+
+
+def _refused(request: web.Request, endpoint: Endpoint, ids: dict[str, str], arrived: float, seen: _Seen,
+             error: GatewayError) -> None:
+    """A request refused before routing (400, 401, 403, 404, 413) gets its usage record and access-log line like any
+    other (model: what the client asked for, once the body was read) and is counted in sluicegate_requests_total
+    with model "(unknown)"; it is no stream of a model, so nothing else."""
+    req = seen.req
+    if req is not None:
+        req.model = req.model[:MAX_RECORDED_MODEL]  # the client's string, not a configured name: bound what is kept
+    else:
+        req = GatewayRequest(id=ids["x-request-id"], endpoint=endpoint, body={}, model=UNKNOWN_MODEL_LABEL,
+                             stream=False, client_wants_usage=False, arrived=arrived, arrived_wall=time.time(),
+                             key_name=seen.key.name if seen.key is not None else None,
+                             client_request_id=ids.get("x-client-request-id"), holder=ids["x-request-id"])
+    record = RequestRecord(req, UNKNOWN_MODEL_LABEL, outcome=error.outcome, status=error.status,
+                           ended=time.monotonic())
+    request.app[ACCOUNTANT].refused(record)
 
 
 def _too_large(limit: int) -> GatewayError:
@@ -77,10 +99,14 @@ def _endpoint_handler(endpoint: Endpoint):  # type: ignore[no-untyped-def]
     async def handle(request: web.Request) -> web.StreamResponse:
         ids = id_headers(request.headers)
         gateway = request.app[GATEWAY]
+        # Measurements use time.monotonic(): uvloop's loop.time() ticks in whole milliseconds. Deadlines compare it
+        # with loop.time(); both count CLOCK_MONOTONIC, so they differ by at most a tick.
+        arrived = time.monotonic()
+        seen = _Seen()
         try:
-            req, route, key = await _read_request(request, endpoint, ids)
+            req, route, key = await _read_request(request, endpoint, ids, arrived, seen)
         except GatewayError as error:
-            _count_rejected(request, UNKNOWN_MODEL_LABEL, endpoint, error)
+            _refused(request, endpoint, ids, arrived, seen, error)
             return error_response(error, ids)
         if req.stream:
             client = AiohttpClientStream(
