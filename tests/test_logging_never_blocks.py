@@ -158,6 +158,7 @@ def test_access_log_lines_skip_logging_once_the_server_set_them_up() -> None:
             records.append(record)
 
     recorder = Recorder()
+    level = access_log.ACCESS_LOGGER.level
     access_log.ACCESS_LOGGER.addHandler(recorder)
     try:
         access_log.write_lines_to(target)
@@ -174,5 +175,5 @@ def test_access_log_lines_skip_logging_once_the_server_set_them_up() -> None:
     finally:
         access_log.write_lines_to(None)
         access_log.ACCESS_LOGGER.removeHandler(recorder)
-        access_log.ACCESS_LOGGER.setLevel(logging.NOTSET)
+        access_log.ACCESS_LOGGER.setLevel(level)
         os.close(write_end)

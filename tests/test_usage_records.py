@@ -197,6 +197,7 @@ async def test_requests_refused_before_routing_get_one_record_and_one_access_lin
         for status, count in before.items():
             assert metric(proc.url, "sluicegate_requests_total", model="(unknown)", status=str(status)) == count + 1
         assert metric(proc.url, "sluicegate_streams_total") == 0  # refused requests are no model's streams
+        assert metric(proc.url, "sluicegate_streams_in_flight") == 0
 
         def access_lines() -> list[dict[str, object]]:
             return [json.loads(line) for line in proc.read_log().splitlines() if line.startswith('{"request_id"')]

@@ -43,5 +43,6 @@ os.register_at_fork(after_in_child=_random.discard)
 
 
 def new_id() -> str:
-    """A new request id (32 lowercase hex digits); ids made later sort after earlier ones, to the millisecond."""
+    """A new request id (32 lowercase hex digits); ids made later sort after earlier ones, to the millisecond.
+    Call it from the event loop's thread: the block's offset is not guarded against other threads."""
     return f"{time.time_ns() // 1_000_000 & 0xFFFF_FFFF_FFFF:012x}{_random.take().hex()}"
