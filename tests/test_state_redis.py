@@ -21,6 +21,7 @@ from sluicegate.state.factory import make_backend
 from sluicegate.state.redis_backend import RedisBackend
 from tests.support import redis_server
 from tests.support.redis_server import RedisServer
+from tests.support.slow_tcp import SlowAnswers
 from tests.test_state_memory import StateContract, eventually
 
 
@@ -174,6 +175,38 @@ async def test_many_waiters_timing_out_together_leave_the_queue_healthy(shared_r
         assert await asyncio.wait_for(late, 5.0)
         await state.release_slot(key, "late")
         assert await state.in_use(key) == 0
+
+
+async def test_a_late_grant_for_a_timed_out_wait_never_frees_the_same_holders_next_acquire(
+        shared_redis_url: str) -> None:
+    """The answer to the queue's acquire can arrive after the waiter's deadline; that grant is handed back. The
+    gateway then asks again with the same holder (it waits in short slices). Handing back the old grant must not
+    free the new acquire's slot: with cap 1 the slot stays taken and another holder is refused. Redis's answers
+    to the waiting instance are held back by a proxy, so the grant lands after the deadline on purpose."""
+    prefix, key = unique_prefix(), "dep-late-grant"
+    port = int(shared_redis_url.rsplit(":", 1)[1].split("/", 1)[0])
+    async with (
+        SlowAnswers(port) as proxy,
+        running(f"redis://127.0.0.1:{proxy.port}/0", prefix, poll_interval=30.0) as waiting_side,
+        running(shared_redis_url, prefix) as other,
+    ):
+        # Open pooled connections now: a connection opened later would need round trips through the slow proxy.
+        await asyncio.gather(*(waiting_side.in_use(key) for _ in range(4)))
+        assert await other.acquire_slot(key, 1, "A", timeout=0)
+        first_wait = asyncio.create_task(waiting_side.acquire_slot(key, 1, "H", timeout=0.8))
+        await asyncio.sleep(0.1)  # H is queued
+        proxy.delay = 0.5
+        await other.release_slot(key, "A")
+        # The release message reaches the waiting side at ~0.6 s; its queue asks Redis, which grants H at once, but
+        # the answer only arrives at ~1.1 s: after H's deadline (0.8 s).
+        assert await first_wait is False
+        assert await waiting_side.acquire_slot(key, 1, "H", timeout=5.0)  # the same holder again
+        proxy.delay = 0.0
+        await asyncio.sleep(0.8)  # every late answer has arrived and been acted on
+        assert await other.in_use(key) == 1
+        assert not await other.acquire_slot(key, 1, "B", timeout=0)
+        await waiting_side.release_slot(key, "H")
+        assert await other.in_use(key) == 0
 
 
 async def test_fail_open_uses_local_shares_then_shared_state_again(own_redis: RedisServer) -> None:

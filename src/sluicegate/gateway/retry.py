@@ -160,9 +160,11 @@ class _Run(Generic[T]):
                 self.d.metrics.rejections.labels("deployment", first.label, "queue_timeout").inc()
                 raise rejected("deployment", first.label, f"Every deployment of {pool.name!r} is at its "
                                "max_concurrent limit; retry shortly.")
-            # Wait on the preferred deployment for a slice, then look at all of them again.
-            if await admission.acquire_deployment(first.label, first.config.max_concurrent, holder,
-                                                  min(remaining, WAIT_SLICE), count=False):
+            # Wait on the preferred deployment for a slice, then look at all of them again. With nothing else to
+            # look at, wait the whole time: one place in the queue, kept in arrival order.
+            wait = remaining if len(order) == 1 else min(remaining, WAIT_SLICE)
+            if await admission.acquire_deployment(first.label, first.config.max_concurrent, holder, wait,
+                                                  count=False):
                 self.slots.add(admission.state, f"deployment:{first.label}", holder)
                 return order[0]
 

@@ -1,10 +1,13 @@
 """The Redis state backend: caps, rate windows, budgets, cooldowns and sticky routes shared by a whole fleet.
 
-Slots are leases: a sorted set per key, member = holder, score = expiry (server time). Acquire/renew/release
-are Lua scripts (one round trip each). A background renewer re-arms every lease this instance holds every
-lease_ttl/3, one script call per batch of keys, so an instance that dies (kill -9) loses its slots after at most
-lease_ttl. Releases are published on one channel; waiters on every instance wake on it and also re-check on a
-short poll (the safety net for lost messages and expired leases).
+Slots are leases: a sorted set per key, score = expiry (server time), member = the holder's id plus a serial of
+the acquire call that took it. The serial matters: an answer that grants a waiter can arrive after the waiter's
+deadline, and that grant is handed back; if the same holder has asked again meanwhile (the gateway waits in
+short slices), handing back the old grant by the holder's name alone would free the new one, and the cap would be
+exceeded. Acquire/renew/release are Lua scripts (one round trip each). A background renewer re-arms every lease
+this instance holds every lease_ttl/3, one script call per batch of keys, so an instance that dies (kill -9)
+loses its slots after at most lease_ttl. Releases are published on one channel; waiters on every instance wake
+on it and also re-check on a short poll (the safety net for lost messages and expired leases).
 
 When Redis fails (connection refused, timeout, any Redis error) the backend degrades once, logs one line,
 notifies its availability listeners, and checks Redis every `recheck_interval` until it answers:
@@ -125,7 +128,8 @@ class RedisBackend:
         )
         self._scripts = Scripts(self._client)
         self._fallback = MemoryBackend()
-        self._leases: dict[str, set[str]] = {}
+        self._leases: dict[str, dict[str, str]] = {}  # key -> holder -> its lease's member in Redis
+        self._acquire_serial = 0
         self._queues: dict[str, SlotQueue] = {}
         self._pending_deposits: dict[str, _PendingDeposit] = {}
         self._listeners: list[AvailabilityListener] = []
@@ -187,9 +191,9 @@ class RedisBackend:
             if self._available:
                 with contextlib.suppress(_UseFallback, *_REDIS_FAILURES):
                     await self._flush_deposits()
-                    for key, holders in list(self._leases.items()):
-                        for holder in holders:
-                            await self._release_remote(key, holder)
+                    for key, held in list(self._leases.items()):
+                        for member in held.values():
+                            await self._release_remote(key, member)
         else:
             await background.stop(self._background, "state backend")
         self._leases.clear()
@@ -207,11 +211,13 @@ class RedisBackend:
     async def acquire_slot(self, key: str, cap: int, holder: str, timeout: float) -> bool:  # noqa: ASYNC109
         check_slot_request(cap, timeout)
         self._check_open()
-        if not self._available:
-            return await self._acquire_degraded(key, cap, holder, timeout)
         held = self._leases.get(key)
         if held is not None and holder in held:
             return True
+        self._acquire_serial += 1
+        member = f"{holder}#{self._acquire_serial}"
+        if not self._available:
+            return await self._acquire_degraded(key, cap, holder, member, timeout)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         queue = self._queues.get(key)
@@ -219,31 +225,47 @@ class RedisBackend:
             # Others on this instance are queued ahead: join the queue (or give up at once).
             if timeout <= 0:
                 return False
-            return await self._wait_for_slot(key, cap, holder, deadline, queue)
+            return await self._wait_for_slot(key, cap, holder, member, deadline, queue)
         messages_before = self._release_messages
         try:
-            granted = await self._acquire_now(key, cap, holder)
+            granted = await self._acquire_now(key, cap, holder, member)
         except _UseFallback:
-            return await self._acquire_degraded(key, cap, holder, max(0.0, deadline - loop.time()))
+            return await self._acquire_degraded(key, cap, holder, member, max(0.0, deadline - loop.time()))
         if granted or timeout <= 0:
             return granted
         queue = self._queue_for(key)
         if self._release_messages != messages_before:
             # A release may have been announced while our attempt was in flight: look again at once.
             queue.wake.set()
-        return await self._wait_for_slot(key, cap, holder, deadline, queue)
+        return await self._wait_for_slot(key, cap, holder, member, deadline, queue)
 
     async def release_slot(self, key: str, holder: str) -> None:
         held = self._leases.get(key)
-        if held is None or holder not in held:
+        member = held.get(holder) if held is not None else None
+        if member is not None:
+            await self._release_member(key, holder, member)
+
+    async def _release_member(self, key: str, holder: str, member: str) -> None:
+        """Release the lease `member` if it is still the one `holder` holds (not one it took later)."""
+        held = self._leases.get(key)
+        if held is None or held.get(holder) != member:
             return
-        held.discard(holder)
+        del held[holder]
         if not held:
             del self._leases[key]
         await self._fallback.release_slot(key, holder)
         if self._available and not self._closed:
             # Shielded: a caller cancelled mid-release must not leave the slot taken until its lease expires.
-            await asyncio.shield(self._release_remote(key, holder))
+            await asyncio.shield(self._release_remote(key, member))
+
+    def _keep(self, key: str, holder: str, member: str) -> None:
+        """A grant arrived for a live acquire: record it, unless the holder already holds a slot of `key` (two
+        acquires of one holder at once): then this second lease goes back."""
+        held = self._leases.setdefault(key, {})
+        if holder in held:
+            self._spawn(self._release_remote(key, member))
+        else:
+            held[holder] = member
 
     async def in_use(self, key: str) -> int:
         if self._available:
@@ -251,26 +273,27 @@ class RedisBackend:
                 return int(await self._eval(self._scripts.in_use, [self._slot_key(key)], []))
         return await self._fallback.in_use(key)
 
-    async def _acquire_now(self, key: str, cap: int, holder: str) -> bool:
+    async def _acquire_now(self, key: str, cap: int, holder: str, member: str) -> bool:
         call = asyncio.ensure_future(
-            self._eval(self._scripts.acquire, [self._slot_key(key)], [cap, self._ttl_ms, holder])
+            self._eval(self._scripts.acquire, [self._slot_key(key)], [cap, self._ttl_ms, member])
         )
         try:
             granted = bool(await asyncio.shield(call))
         except asyncio.CancelledError:
-            call.add_done_callback(lambda done: self._undo_if_granted(done, key, holder))
+            call.add_done_callback(lambda done: self._undo_if_granted(done, key, member))
             raise
         if granted:
-            self._leases.setdefault(key, set()).add(holder)
+            self._keep(key, holder, member)
         return granted
 
-    def _undo_if_granted(self, call: asyncio.Future[Any], key: str, holder: str) -> None:
+    def _undo_if_granted(self, call: asyncio.Future[Any], key: str, member: str) -> None:
         if not call.cancelled() and call.exception() is None and call.result():
-            self._spawn(self._release_remote(key, holder))
+            self._spawn(self._release_remote(key, member))
 
-    async def _wait_for_slot(self, key: str, cap: int, holder: str, deadline: float, queue: SlotQueue) -> bool:
+    async def _wait_for_slot(self, key: str, cap: int, holder: str, member: str, deadline: float,
+                             queue: SlotQueue) -> bool:
         loop = asyncio.get_running_loop()
-        waiter = SlotWaiter(holder, cap, loop.create_future())
+        waiter = SlotWaiter(holder, member, cap, loop.create_future())
         queue.add(waiter)
         if queue.pump is None:
             queue.pump = asyncio.create_task(self._pump(key, queue), name="sluicegate-state-slot-pump")
@@ -283,7 +306,7 @@ class RedisBackend:
                 raise
         except asyncio.CancelledError:
             if waiter.granted:
-                self._spawn(self.release_slot(key, holder))
+                self._spawn(self._release_member(key, holder, member))
             raise
         finally:
             timer.cancel()
@@ -294,7 +317,7 @@ class RedisBackend:
         if granted is not None:
             return granted
         # Redis failed while we waited: carry on under the fallback rules with the time that is left.
-        return await self._acquire_degraded(key, cap, holder, max(0.0, deadline - loop.time()))
+        return await self._acquire_degraded(key, cap, holder, member, max(0.0, deadline - loop.time()))
 
     async def _pump(self, key: str, queue: SlotQueue) -> None:
         """Asks Redis for slots for the queue's head whenever woken (a release) or every poll_interval."""
@@ -310,19 +333,20 @@ class RedisBackend:
                 batch = queue.head(PUMP_BATCH)
                 if not batch:  # the last waiters just timed out and have not left the queue yet
                     continue
-                holders = [waiter.holder for waiter in batch]
+                members = [waiter.member for waiter in batch]
                 try:
                     granted = int(
-                        await self._eval(self._scripts.acquire, [slot_key], [batch[0].cap, self._ttl_ms, *holders])
+                        await self._eval(self._scripts.acquire, [slot_key], [batch[0].cap, self._ttl_ms, *members])
                     )
                 except _UseFallback:
                     return
                 for waiter in batch[:granted]:
                     if waiter.future.done():
-                        # Timed out or cancelled while the script ran: hand the slot straight back.
-                        self._spawn(self._release_remote(key, waiter.holder))
+                        # Timed out or cancelled while the script ran: hand the slot straight back (this lease
+                        # only: the holder may have asked again since, under a new member).
+                        self._spawn(self._release_remote(key, waiter.member))
                     else:
-                        self._leases.setdefault(key, set()).add(waiter.holder)
+                        self._keep(key, waiter.holder, waiter.member)
                         queue.granted(waiter)
                 if granted == len(batch):
                     queue.wake.set()  # everyone offered got in: there may be room for more at once
@@ -334,19 +358,19 @@ class RedisBackend:
     def _pumping(self, queue: SlotQueue) -> bool:
         return queue.live > 0 and self._available and not self._closed
 
-    async def _release_remote(self, key: str, holder: str) -> None:
+    async def _release_remote(self, key: str, member: str) -> None:
         renewal = self._renewal_done
         if renewal is not None:
-            # A renewal in flight may re-add this holder; let it land before removing the lease.
+            # A renewal in flight may re-add this lease; let it land before removing the lease.
             await renewal.wait()
         with contextlib.suppress(_UseFallback):
-            await self._eval(self._scripts.release, [self._slot_key(key)], [holder, self._channel, key])
+            await self._eval(self._scripts.release, [self._slot_key(key)], [member, self._channel, key])
 
-    async def _acquire_degraded(self, key: str, cap: int, holder: str, wait_s: float) -> bool:
+    async def _acquire_degraded(self, key: str, cap: int, holder: str, member: str, wait_s: float) -> bool:
         self._refuse_if_fail_closed()
         granted = await self._fallback.acquire_slot(key, self._local_share(cap), holder, wait_s)
         if granted:
-            self._leases.setdefault(key, set()).add(holder)
+            self._keep(key, holder, member)  # written to Redis with the others once it is back
         return granted
 
     def _queue_for(self, key: str) -> SlotQueue:
@@ -548,8 +572,8 @@ class RedisBackend:
         )
         log.warning("shared state unavailable (%s: %s); %s until Redis answers", type(exc).__name__, exc, mode)
         # This instance's live leases count against its local share while Redis is away.
-        for key, holders in self._leases.items():
-            for holder in holders:
+        for key, held in self._leases.items():
+            for holder in held:
                 self._fallback.adopt_slot(key, holder)
         lost = StateUnavailable("shared state (Redis) became unavailable")
         for queue in self._queues.values():
@@ -643,11 +667,11 @@ class RedisBackend:
         keys: list[str] = []
         args: list[Any] = [self._ttl_ms]
         count = 0
-        for key, holders in self._leases.items():
+        for key, held in self._leases.items():
             keys.append(self._slot_key(key))
-            args.append(len(holders))
-            args.extend(holders)
-            count += len(holders)
+            args.append(len(held))
+            args.extend(held.values())
+            count += len(held)
             if count >= RENEW_BATCH:
                 batches.append((keys, args))
                 keys, args, count = [], [self._ttl_ms], 0

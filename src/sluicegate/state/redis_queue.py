@@ -12,10 +12,11 @@ from collections import deque
 
 
 class SlotWaiter:
-    __slots__ = ("cap", "future", "granted", "holder")
+    __slots__ = ("cap", "future", "granted", "holder", "member")
 
-    def __init__(self, holder: str, cap: int, future: asyncio.Future[bool]) -> None:
+    def __init__(self, holder: str, member: str, cap: int, future: asyncio.Future[bool]) -> None:
         self.holder = holder
+        self.member = member  # the lease's name in Redis: the holder's id and the acquire call's serial
         self.cap = cap
         self.future = future
         self.granted = False

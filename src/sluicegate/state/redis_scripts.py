@@ -14,9 +14,9 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
 """
 
-# KEYS[1] slot set (member = holder, score = lease expiry in ms).
-# ARGV: cap, ttl_ms, holder... (in queue order). Grants holders in order while under the cap; a holder that
-# already holds a lease is renewed and counts as granted. Returns how many leading holders were granted.
+# KEYS[1] slot set (member = a lease's name: holder id and acquire serial; score = lease expiry in ms).
+# ARGV: cap, ttl_ms, member... (in queue order). Grants members in order while under the cap; a member that
+# already holds a lease is renewed and counts as granted. Returns how many leading members were granted.
 ACQUIRE = (
     _NOW_MS
     + """
@@ -46,7 +46,7 @@ return granted
 """
 )
 
-# KEYS[1] slot set. ARGV: holder, channel, message. Publishes on the release channel only when a lease was
+# KEYS[1] slot set. ARGV: member, channel, message. Publishes on the release channel only when a lease was
 # actually removed, so waiters on every instance wake at once.
 RELEASE = """
 local removed = redis.call('ZREM', KEYS[1], ARGV[1])
@@ -56,7 +56,7 @@ end
 return removed
 """
 
-# KEYS: slot sets. ARGV: ttl_ms, then per key: n, holder x n. Drops expired leases and upserts ours: a lease
+# KEYS: slot sets. ARGV: ttl_ms, then per key: n, member x n. Drops expired leases and upserts ours: a lease
 # that was lost (Redis restarted or was unreachable past the ttl) is restored, because its stream still runs.
 # Returns how many leases had to be restored.
 RENEW = (
