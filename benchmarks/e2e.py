@@ -136,9 +136,12 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def gateway_config(mock_url: str, extra_file: Path | None) -> dict[str, Any]:
+def gateway_config(mock_url: str, extra_file: Path | None, tmp: Path) -> dict[str, Any]:
     config: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": 0},
+        # A fresh usage database per run, in the run's temporary directory: runs compare alike (an index that grew
+        # over earlier runs costs more per insert) and nothing is left behind. An extra config may set its own.
+        "usage": {"dsn": str(tmp / "usage.db")},
         "models": [
             {
                 "name": GATEWAY_MODEL,
@@ -402,7 +405,7 @@ def measure(args: argparse.Namespace, children: list[Child], tmp: Path) -> Runs:
     children.append(mock)
     mock_url = mock.wait_ready(args.ready_timeout)
     config_path = tmp / "sluicegate.yaml"
-    config_path.write_text(yaml.safe_dump(gateway_config(mock_url, args.gateway_config_extra)))
+    config_path.write_text(yaml.safe_dump(gateway_config(mock_url, args.gateway_config_extra, tmp)))
     serve = [args.python, "-m", "sluicegate", "serve", "--config", str(config_path)]
     if args.bare_proxy:
         serve = [args.python, str(Path(__file__).with_name("bare_proxy.py")), mock_url]
