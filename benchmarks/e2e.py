@@ -442,20 +442,32 @@ def measure(args: argparse.Namespace, children: list[Child], tmp: Path) -> Runs:
     return runs
 
 
+def proxy_name(args: argparse.Namespace) -> str:
+    """What stood between the bench and the mock in the "gateway" runs."""
+    for flag, name in (("nginx", "nginx"), ("bare_proxy", "the bare aiohttp proxy"),
+                       ("relay_proxy", "the relay floor"), ("raw_relay_proxy", "the raw relay floor")):
+        if getattr(args, flag):
+            return name
+    return "sluicegate"
+
+
 def report(args: argparse.Namespace, runs: Runs) -> None:
+    through_name = f"through {proxy_name(args)}"
     summary = {
         "direct to mock": medians([r["e2e_metrics"] for r in runs["direct"]]),
-        "through sluicegate": medians([r["e2e_metrics"] for r in runs["gateway"]]),
+        through_name: medians([r["e2e_metrics"] for r in runs["gateway"]]),
     }
     if args.json_out is not None:
         settings = {key: str(v) if isinstance(v, Path) else v for key, v in vars(args).items()}
         args.json_out.write_text(json.dumps({"args": settings, "runs": runs, "medians": summary}, indent=2))
-    direct, through = summary["direct to mock"], summary["through sluicegate"]
+    direct, through = summary["direct to mock"], summary[through_name]
     print("\nMedians:")
     for key in direct:
         print(f"  {key:<22} direct {_fmt(direct[key], 2):>12}   gateway {_fmt(through[key], 2):>12}")
-    if direct["ttft_p50_ms"] is not None and through["ttft_p50_ms"] is not None:
-        print(f"  added TTFT p50: {through['ttft_p50_ms'] - direct['ttft_p50_ms']:.2f} ms")
+    for quantile in ("p50", "p99"):
+        key = f"ttft_{quantile}_ms"
+        if direct[key] is not None and through[key] is not None:
+            print(f"  added TTFT {quantile}: {through[key] - direct[key]:.2f} ms")
     print()
     print(markdown(args, summary))
 
