@@ -209,6 +209,46 @@ async def test_a_late_grant_for_a_timed_out_wait_never_frees_the_same_holders_ne
         assert await other.in_use(key) == 0
 
 
+async def test_redis_timeout_decides_when_a_slow_redis_counts_as_unavailable(shared_redis_url: str) -> None:
+    """state.redis_timeout: answers slower than it (twice in a row) switch the backend to its on_unavailable mode
+    (fail_closed: 503); answers within it are waited for."""
+    port = int(shared_redis_url.rsplit(":", 1)[1].split("/", 1)[0])
+    async with SlowAnswers(port) as proxy:
+        for redis_timeout, degrades in ((2.0, False), (0.2, True)):
+            state = make_backend("redis", redis_url=f"redis://127.0.0.1:{proxy.port}/0", redis_timeout=redis_timeout,
+                                 on_unavailable="fail_closed", key_prefix=unique_prefix())
+            await state.start()
+            try:
+                proxy.delay = 0.4
+                started = time.monotonic()
+                if degrades:
+                    with pytest.raises(StateUnavailable):
+                        await state.acquire_slot("k", 1, "h", timeout=0)
+                    assert not state.available
+                    assert time.monotonic() - started < 1.5  # two tries of 0.2 s, not the 1 s default
+                else:
+                    assert await state.acquire_slot("k", 1, "h", timeout=0)
+                    assert state.available
+            finally:
+                proxy.delay = 0.0
+                await state.close()
+
+
+async def test_release_messages_still_arrive_after_silence_longer_than_redis_timeout(shared_redis_url: str) -> None:
+    """The release subscription blocks without redis_timeout: after a quiet spell five times longer than it, a
+    waiter still wakes on the release message, long before its poll would look again."""
+    prefix, key = unique_prefix(), "dep-quiet"
+    async with running(shared_redis_url, prefix, poll_interval=5.0, op_timeout=0.2) as state:
+        assert await state.acquire_slot(key, 1, "holder", timeout=0)
+        await asyncio.sleep(1.0)
+        waiting = asyncio.create_task(state.acquire_slot(key, 1, "waiter", timeout=10.0))
+        await asyncio.sleep(0.1)
+        released_at = time.monotonic()
+        await state.release_slot(key, "holder")
+        assert await asyncio.wait_for(waiting, 5.0)
+        assert time.monotonic() - released_at < 0.5
+
+
 async def test_fail_open_uses_local_shares_then_shared_state_again(own_redis: RedisServer) -> None:
     prefix, key = unique_prefix(), "dep-open"
     transitions: list[bool] = []

@@ -265,6 +265,7 @@ class StateConfig(Strict):
     backend: Literal["memory", "redis"] = "memory"
     redis_url: str | None = None
     lease_ttl: PositiveDuration = 15.0
+    redis_timeout: PositiveDuration = 1.0  # one Redis call; two timeouts in a row count as "Redis is unavailable"
     on_unavailable: Literal["fail_open", "fail_closed"] = "fail_open"
     expected_instances: int = Field(default=1, ge=1)
     key_prefix: str = "sluicegate:"

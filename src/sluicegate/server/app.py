@@ -161,7 +161,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         demo = DemoUpstream()
         await demo.start()
     state = make_backend(config.state.backend, redis_url=config.state.redis_url, lease_ttl=config.state.lease_ttl,
-                         on_unavailable=config.state.on_unavailable,
+                         redis_timeout=config.state.redis_timeout, on_unavailable=config.state.on_unavailable,
                          expected_instances=config.state.expected_instances, key_prefix=config.state.key_prefix)
     state_available = app[METRICS].state_available
     state_available.set(1.0)

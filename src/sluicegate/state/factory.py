@@ -14,6 +14,7 @@ def make_backend(
     *,
     redis_url: str | None = None,
     lease_ttl: float = 15.0,
+    redis_timeout: float = 1.0,
     on_unavailable: str = "fail_open",
     expected_instances: int = 1,
     key_prefix: str = "sluicegate:",
@@ -28,6 +29,7 @@ def make_backend(
             redis_url,
             key_prefix=key_prefix,
             lease_ttl=lease_ttl,
+            op_timeout=redis_timeout,
             on_unavailable=_on_unavailable(on_unavailable),
             expected_instances=expected_instances,
         )
