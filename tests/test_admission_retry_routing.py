@@ -16,7 +16,7 @@ import aiohttp
 import openai
 import pytest
 
-from tests.support.http import get_json, metric, wait_for
+from tests.support.http import get_json, metric, mock_request, wait_for
 from tests.support.procs import Proc, start_gateway, start_mock
 
 
@@ -156,6 +156,42 @@ async def test_client_gone_while_queued_releases_everything(mocks: list[Proc]) -
         assert (await holder)[0] == 200
         assert await asyncio.to_thread(wait_for, lambda: metric(proc.url, "sluicegate_streams_in_flight") == 0, 5.0)
         assert (await chat(proc.url, {"tokens": 1}))[0] == 200  # the slot is free again
+    finally:
+        proc.stop()
+
+
+async def test_queued_requests_are_served_in_arrival_order_across_deployments(mocks: list[Proc]) -> None:
+    """Two deployments, one slot each, both taken: six requests queue, 60 ms apart. Each queues on both deployments
+    at once, so whichever slot frees goes to the request that has waited longest: they reach the upstream in arrival
+    order, the cap of one per deployment holds, and a client that leaves while queued is counted once and takes no
+    slot with it."""
+    upstream = start_mock()
+    mocks.append(upstream)
+    proc = start_gateway(config({"name": "m", "queue_timeout": "10s", "deployments": [
+        deployment(upstream.url, "a", max_concurrent=1), deployment(upstream.url, "b", max_concurrent=1)]}))
+    try:
+        # The slots free up at 1.0 s and 1.3 s; each queued request holds one for 0.5 s: frees >= 0.2 s apart.
+        first = [asyncio.create_task(chat(proc.url, {"tokens": tokens, "interval": 0.1, "tag": f"o{tokens}"}))
+                 for tokens in (10, 13)]
+        await asyncio.to_thread(wait_for, lambda: mock_request(upstream.url, "o10") and mock_request(upstream.url,
+                                                                                                      "o13"), 5.0)
+        queued = []
+        for i in range(6):
+            queued.append(asyncio.create_task(chat(proc.url, {"tokens": 5, "interval": 0.1, "tag": f"q{i}"})))
+            await asyncio.sleep(0.06)
+            if i == 2:  # a client that leaves while queued, between q2 and q3
+                leaving = asyncio.create_task(chat(proc.url, {"tokens": 5, "interval": 0.1, "tag": "gone"}))
+                await asyncio.sleep(0.06)
+                leaving.cancel()
+                await asyncio.gather(leaving, return_exceptions=True)
+        answers = await asyncio.gather(*first, *queued)
+        assert [status for status, _, _ in answers] == [200] * 8
+        started = [mock_request(upstream.url, f"q{i}")["started"] for i in range(6)]  # type: ignore[index]
+        assert started == sorted(started), started
+        assert mock_request(upstream.url, "gone") is None
+        assert get_json(f"{upstream.url}/_mock/stats")["high_water"] == 2
+        assert metric(proc.url, "sluicegate_concurrency_rejections_total", reason="client_gone") == 1
+        assert metric(proc.url, "sluicegate_concurrency_rejections_total", reason="queue_timeout") == 0
     finally:
         proc.stop()
 

@@ -1,10 +1,14 @@
-"""Slots are released exactly once, and a late release of one attempt's slot never frees another attempt's."""
+"""Slots are released exactly once, a late release of one attempt's slot never frees another attempt's, and a request
+waiting for several deployments ends up with one slot at most."""
 
 from __future__ import annotations
 
 import asyncio
 
-from sluicegate.gateway.admission import Slots
+from prometheus_client import CollectorRegistry
+
+from sluicegate.gateway.admission import Admission, Slots
+from sluicegate.observe.metrics import Metrics
 from sluicegate.state.memory import MemoryBackend
 
 
@@ -36,3 +40,44 @@ async def test_an_in_process_slot_is_free_as_soon_as_it_is_released() -> None:
     slots.release()
     assert backend.holds_slot("worker", "req:1") is False
     assert await backend.acquire_slot("worker", 1, "req:2", 0)
+
+
+async def test_a_request_queued_for_several_deployments_keeps_one_slot_and_hands_the_others_on() -> None:
+    """Both deployments free a slot in the same moment: the longest waiter is offered both, keeps the first one in
+    its order and hands the other on to the next waiter; nothing stays held when they end, and a waiter that is
+    cancelled takes no slot with it."""
+    backend = MemoryBackend()
+    metrics = Metrics(CollectorRegistry())
+    admission = Admission(backend, metrics, max_streams=0)
+    wanted = [("a", 1), ("b", 1)]
+    assert await backend.acquire_slot("deployment:a", 1, "x", 0)
+    assert await backend.acquire_slot("deployment:b", 1, "y", 0)
+    first = asyncio.create_task(admission.wait_for_any_deployment(wanted, "w1", 5.0))
+    await asyncio.sleep(0.01)
+    second = asyncio.create_task(admission.wait_for_any_deployment(wanted, "w2", 5.0))
+    third = asyncio.create_task(admission.wait_for_any_deployment(wanted, "w3", 5.0))
+    await asyncio.sleep(0.01)
+    third.cancel()
+    await asyncio.gather(third, return_exceptions=True)
+    await backend.release_slot("deployment:a", "x")
+    await backend.release_slot("deployment:b", "y")
+    assert await asyncio.wait_for(first, 1.0) == 0  # offered a and b; keeps a
+    assert await asyncio.wait_for(second, 1.0) == 1  # gets b, handed on by w1
+    await asyncio.sleep(0.01)
+    assert backend.holds_slot("deployment:a", "w1") and backend.holds_slot("deployment:b", "w2")
+    assert await backend.in_use("deployment:a") == 1 and await backend.in_use("deployment:b") == 1
+    await backend.release_slot("deployment:a", "w1")
+    await backend.release_slot("deployment:b", "w2")
+    assert await backend.in_use("deployment:a") == 0 and await backend.in_use("deployment:b") == 0
+    gone = metrics.rejections.labels("deployment", "a", "client_gone")._value.get()
+    assert gone == 1  # the cancelled waiter, counted once although it waited in two queues
+
+
+async def test_waiting_for_several_deployments_gives_up_at_the_deadline() -> None:
+    backend = MemoryBackend()
+    admission = Admission(backend, Metrics(CollectorRegistry()), max_streams=0)
+    assert await backend.acquire_slot("deployment:a", 1, "x", 0)
+    assert await backend.acquire_slot("deployment:b", 1, "y", 0)
+    assert await admission.wait_for_any_deployment([("a", 1), ("b", 1)], "w", 0.1) is None
+    await asyncio.sleep(0.01)
+    assert not backend.holds_slot("deployment:a", "w") and not backend.holds_slot("deployment:b", "w")

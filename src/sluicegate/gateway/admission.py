@@ -9,7 +9,9 @@ Waiting is bounded by the queue deadline: 0 = refuse at once (429 + Retry-After)
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from sluicegate.observe.metrics import Metrics
 from sluicegate.state.base import StateBackend, StateUnavailable
@@ -97,10 +99,7 @@ class Admission:
             self.metrics.rejections.labels(scope, name, "client_gone").inc()
             raise
         except StateUnavailable:
-            self.metrics.rejections.labels(scope, name, "state_unavailable").inc()
-            raise GatewayError(503, "Shared admission state (Redis) is unavailable; retry shortly.",
-                               type="server_error", code="state_unavailable", outcome=Outcome.REJECTED,
-                               retry_after=RETRY_AFTER_FULL) from None
+            raise self._state_unavailable(scope, name) from None
         if not ok and count:
             self.metrics.rejections.labels(scope, name, "queue_timeout").inc()
         return ok
@@ -142,7 +141,48 @@ class Admission:
             raise
         return slots
 
+    def _state_unavailable(self, scope: str, name: str) -> GatewayError:
+        self.metrics.rejections.labels(scope, name, "state_unavailable").inc()
+        return GatewayError(503, "Shared admission state (Redis) is unavailable; retry shortly.", type="server_error",
+                            code="state_unavailable", outcome=Outcome.REJECTED, retry_after=RETRY_AFTER_FULL)
+
     async def acquire_deployment(self, label: str, cap: int, holder: str, wait: float, *, count: bool = True) -> bool:
         """count=False: a probe that may be retried; the caller counts the request's rejection once."""
         return await self._acquire(self.state, f"deployment:{label}", cap, holder, wait, "deployment", label,
                                    count=count)
+
+    async def wait_for_any_deployment(self, wanted: Sequence[tuple[str, int]], holder: str, wait: float) -> int | None:
+        """Queues `holder` for a slot of every (label, cap) in `wanted` at once, for at most `wait` seconds, and
+        returns the position of the one it got (the earliest in `wanted` if several came at once; the others are
+        handed back), or None if none came in time (the caller counts that). Each queue serves in arrival order,
+        so whichever deployment frees a slot first gives it to the request that has waited longest."""
+        if len(wanted) == 1:
+            label, cap = wanted[0]
+            return 0 if await self.acquire_deployment(label, cap, holder, wait, count=False) else None
+        keys = [f"deployment:{label}" for label, _ in wanted]
+        waits = [asyncio.ensure_future(self.state.acquire_slot(key, cap, holder, wait))
+                 for key, (_, cap) in zip(keys, wanted, strict=True)]
+        won: int | None = None
+        try:
+            pending: set[asyncio.Future[bool]] = set(waits)
+            while pending and won is None:
+                _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                won = next((i for i, task in enumerate(waits) if task.done() and task.result()), None)
+        except asyncio.CancelledError:
+            self.metrics.rejections.labels("deployment", wanted[0][0], "client_gone").inc()
+            raise
+        except StateUnavailable:
+            raise self._state_unavailable("deployment", wanted[0][0]) from None
+        finally:
+            for i, task in enumerate(waits):
+                if i != won:
+                    # A wait cancelled while queued hands its grant back itself; one that got its slot just before
+                    # (or while) the winner did is handed back when it ends.
+                    task.cancel()
+                    task.add_done_callback(partial(_hand_back, self.state, keys[i], holder))
+        return won
+
+
+def _hand_back(backend: StateBackend, key: str, holder: str, wait: asyncio.Future[bool]) -> None:
+    if not wait.cancelled() and wait.exception() is None and wait.result():
+        _release_soon(backend, key, holder)

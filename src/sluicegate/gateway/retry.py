@@ -31,7 +31,6 @@ T = TypeVar("T")
 # that releases the deployment slot (the attempt's upstream call runs it when it closes).
 Attempt = Callable[[Deployment, str, Callable[[], None]], Awaitable[T]]
 
-WAIT_SLICE = 0.05  # while every deployment is full, re-check the others this often
 _SERVER_SIDE = {"connect_error", "reset", "timeout_connect", "timeout_first_chunk", "error_event"}
 
 
@@ -142,31 +141,30 @@ class _Run(Generic[T]):
         return self.current_holder
 
     async def take_slot(self, pool: ModelPool, order: list[int]) -> int:
-        """The first deployment in `order` with a free slot; waits (bounded by the queue deadline) when all are full."""
+        """The first deployment in `order` with a free slot. When every one is full, the request queues for all of
+        them at once until the queue deadline and takes whichever slot it is given first."""
         admission = self.d.admission
         holder = self.attempt_holder()
-        while True:
-            for index in order:
-                deployment = pool.deployments[index]
-                cap = deployment.config.max_concurrent
-                if not cap:
-                    return index
-                if await admission.acquire_deployment(deployment.label, cap, holder, 0.0, count=False):
-                    self.slots.add(admission.state, f"deployment:{deployment.label}", holder)
-                    return index
-            remaining = self.queue_deadline - self.loop.time()
-            first = pool.deployments[order[0]]
-            if remaining <= 0:
-                self.d.metrics.rejections.labels("deployment", first.label, "queue_timeout").inc()
-                raise rejected("deployment", first.label, f"Every deployment of {pool.name!r} is at its "
-                               "max_concurrent limit; retry shortly.")
-            # Wait on the preferred deployment for a slice, then look at all of them again. With nothing else to
-            # look at, wait the whole time: one place in the queue, kept in arrival order.
-            wait = remaining if len(order) == 1 else min(remaining, WAIT_SLICE)
-            if await admission.acquire_deployment(first.label, first.config.max_concurrent, holder, wait,
-                                                  count=False):
-                self.slots.add(admission.state, f"deployment:{first.label}", holder)
-                return order[0]
+        for index in order:
+            deployment = pool.deployments[index]
+            cap = deployment.config.max_concurrent
+            if not cap:
+                return index
+            if await admission.acquire_deployment(deployment.label, cap, holder, 0.0, count=False):
+                self.slots.add(admission.state, f"deployment:{deployment.label}", holder)
+                return index
+        remaining = self.queue_deadline - self.loop.time()
+        if remaining > 0:
+            wanted = [(pool.deployments[i].label, pool.deployments[i].config.max_concurrent) for i in order]
+            position = await admission.wait_for_any_deployment(wanted, holder, remaining)
+            if position is not None:
+                index = order[position]
+                self.slots.add(admission.state, f"deployment:{pool.deployments[index].label}", holder)
+                return index
+        first = pool.deployments[order[0]]
+        self.d.metrics.rejections.labels("deployment", first.label, "queue_timeout").inc()
+        raise rejected("deployment", first.label, f"Every deployment of {pool.name!r} is at its max_concurrent "
+                       "limit; retry shortly.")
 
     async def hedged(self, pool: ModelPool, order: list[int], index: int, matched: str, requested: str,
                      hedge_after: float) -> tuple[T, Deployment]:
