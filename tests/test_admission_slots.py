@@ -9,6 +9,7 @@ from prometheus_client import CollectorRegistry
 
 from sluicegate.gateway.admission import Admission, Slots
 from sluicegate.observe.metrics import Metrics
+from sluicegate.state.base import StateUnavailable
 from sluicegate.state.memory import MemoryBackend
 
 
@@ -81,3 +82,29 @@ async def test_waiting_for_several_deployments_gives_up_at_the_deadline() -> Non
     assert await admission.wait_for_any_deployment([("a", 1), ("b", 1)], "w", 0.1) is None
     await asyncio.sleep(0.01)
     assert not backend.holds_slot("deployment:a", "w") and not backend.holds_slot("deployment:b", "w")
+
+
+class _OneKeyFails(MemoryBackend):
+    """In-process slots, except that waiting for deployment "a" ends in StateUnavailable once `a_fails` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a_fails = asyncio.Event()
+
+    async def acquire_slot(self, key: str, cap: int, holder: str, timeout: float) -> bool:  # noqa: ASYNC109
+        if key == "deployment:a" and timeout > 0:
+            await self.a_fails.wait()
+            raise StateUnavailable("deployment a's shared state failed")
+        return await super().acquire_slot(key, cap, holder, timeout)
+
+
+async def test_a_slot_granted_in_the_same_moment_wins_over_another_deployments_failure() -> None:
+    backend = _OneKeyFails()
+    admission = Admission(backend, Metrics(CollectorRegistry()), max_streams=0)
+    assert await backend.acquire_slot("deployment:b", 1, "y", 0)
+    waiting = asyncio.create_task(admission.wait_for_any_deployment([("a", 1), ("b", 1)], "w", 5.0))
+    await asyncio.sleep(0.01)
+    backend.a_fails.set()
+    backend.release_slot_now("deployment:b", "y")
+    assert await asyncio.wait_for(waiting, 1.0) == 1  # b's slot, not a 503 for a
+    assert backend.holds_slot("deployment:b", "w")

@@ -283,6 +283,45 @@ async def test_fail_open_uses_local_shares_then_shared_state_again(own_redis: Re
             assert await other.in_use(key) == 0
 
 
+async def test_a_wait_begun_while_redis_was_away_moves_to_redis_when_it_is_back(own_redis: RedisServer) -> None:
+    """fail_open: an acquire that started waiting in the local fallback goes back to Redis's queue as soon as
+    Redis answers again, with the time it has left, so the slot it then gets is counted cluster-wide (a slot freed
+    in the fallback would otherwise go to it unseen by other instances until the next renewal)."""
+    prefix, key = unique_prefix(), "dep-back"
+    async with running(own_redis.url, prefix, on_unavailable="fail_open", recheck_interval=0.2) as state:
+        assert await state.acquire_slot(key, 1, "a", timeout=0)
+        own_redis.stop()
+        waiting = asyncio.create_task(state.acquire_slot(key, 1, "w", timeout=10.0))
+        await eventually(lambda: not state.available, within=5.0)
+        own_redis.start()
+        await eventually(lambda: state.available, within=5.0)
+        async with running(own_redis.url, prefix) as other:
+            await asyncio.sleep(0.2)  # the waiter is queued in Redis now
+            assert not waiting.done()
+            await state.release_slot(key, "a")
+            assert await asyncio.wait_for(waiting, 5.0)
+            assert await other.in_use(key) == 1  # w's slot, visible to every instance at once
+            assert not await other.acquire_slot(key, 1, "n", timeout=0)
+            await state.release_slot(key, "w")
+            assert await other.in_use(key) == 0
+
+
+async def test_an_acquire_that_sees_redis_fail_meanwhile_does_not_wait_in_a_dead_queue(
+        shared_redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fail_open: Redis answers "full" to our acquire, and before we queue, another call has found Redis gone (its
+    queues are failed, no pump serves them). The acquire continues under the fallback at once instead of waiting
+    out its whole timeout in a queue nobody serves."""
+    async with running(shared_redis_url, unique_prefix(), on_unavailable="fail_open") as state:
+        async def full_and_then_redis_gone(key: str, cap: int, holder: str, member: str) -> bool:
+            state._mark_unavailable(OSError("another call's connection broke"))
+            return False
+
+        monkeypatch.setattr(state, "_acquire_now", full_and_then_redis_gone)
+        started = time.monotonic()
+        assert await state.acquire_slot("dep-race", 1, "w", timeout=5.0)  # the local share is free
+        assert time.monotonic() - started < 1.0
+
+
 async def test_fail_closed_refuses_admission_then_recovers(own_redis: RedisServer) -> None:
     prefix, key = unique_prefix(), "dep-closed"
     transitions: list[bool] = []

@@ -274,6 +274,11 @@ class StateConfig(Strict):
     def _redis_url(self) -> StateConfig:
         if self.backend == "redis" and not self.redis_url:
             raise ValueError("state.redis_url is required when state.backend is redis (e.g. redis://127.0.0.1:6379/0)")
+        if self.redis_timeout >= self.lease_ttl * 2 / 3:
+            # A lease is renewed lease_ttl/3 after the last renewal; that call must be able to end before it expires.
+            raise ValueError(f"state.redis_timeout ({self.redis_timeout:g}s) must be less than two thirds of "
+                             f"state.lease_ttl ({self.lease_ttl:g}s): leases are renewed every lease_ttl/3, and a "
+                             "renewal that takes redis_timeout must end before the lease runs out")
         return self
 
 

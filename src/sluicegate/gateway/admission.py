@@ -167,7 +167,11 @@ class Admission:
             pending: set[asyncio.Future[bool]] = set(waits)
             while pending and won is None:
                 _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                won = next((i for i, task in enumerate(waits) if task.done() and task.result()), None)
+                ended = [(i, task) for i, task in enumerate(waits) if task.done()]
+                won = next((i for i, task in ended if task.exception() is None and task.result()), None)
+                failed = next((task.exception() for _, task in ended if task.exception() is not None), None)
+                if won is None and failed is not None:
+                    raise failed  # a slot granted in the same turn wins over another wait's failure
         except asyncio.CancelledError:
             self.metrics.rejections.labels("deployment", wanted[0][0], "client_gone").inc()
             raise

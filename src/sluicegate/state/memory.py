@@ -83,6 +83,11 @@ class MemoryBackend:
     async def ping(self) -> bool:
         return True
 
+    def fail_waiters(self, error: StateUnavailable) -> None:
+        """Every acquire waiting for a slot raises `error` (the Redis backend sends its fallback's waiters back to
+        Redis this way when Redis answers again)."""
+        self._slots.fail_waiters(error)
+
     # slots
 
     async def acquire_slot(self, key: str, cap: int, holder: str, timeout: float) -> bool:  # noqa: ASYNC109

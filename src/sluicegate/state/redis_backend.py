@@ -75,6 +75,10 @@ class _UseFallback(Exception):
     """Internal: Redis just failed; the caller continues with the local fallback."""
 
 
+class _SharedStateBack(StateUnavailable):
+    """Internal: raised in acquires waiting in the local fallback when Redis answers again; they queue there."""
+
+
 class _PendingDeposit:
     __slots__ = ("amount", "min_per_second")
 
@@ -233,6 +237,8 @@ class RedisBackend:
             return await self._acquire_degraded(key, cap, holder, member, max(0.0, deadline - loop.time()))
         if granted or timeout <= 0:
             return granted
+        if not self._available:  # another call found Redis gone while ours was in flight: no queue serves now
+            return await self._acquire_degraded(key, cap, holder, member, max(0.0, deadline - loop.time()))
         queue = self._queue_for(key)
         if self._release_messages != messages_before:
             # A release may have been announced while our attempt was in flight: look again at once.
@@ -368,7 +374,14 @@ class RedisBackend:
 
     async def _acquire_degraded(self, key: str, cap: int, holder: str, member: str, wait_s: float) -> bool:
         self._refuse_if_fail_closed()
-        granted = await self._fallback.acquire_slot(key, self._local_share(cap), holder, wait_s)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        try:
+            granted = await self._fallback.acquire_slot(key, self._local_share(cap), holder, wait_s)
+        except _SharedStateBack:
+            # Redis answers again: wait in its queue with the time left, under the cluster-wide cap. A slot freed
+            # here meanwhile must not go to a local waiter that Redis does not count.
+            return await self.acquire_slot(key, cap, holder, max(0.0, deadline - loop.time()))
         if granted:
             self._keep(key, holder, member)  # written to Redis with the others once it is back
         return granted
@@ -589,6 +602,7 @@ class RedisBackend:
             "shared state available again; cluster-wide limits resume (%d of our leases had to be restored)",
             restored_leases,
         )
+        self._fallback.fail_waiters(_SharedStateBack("shared state is available again"))
         self._restart_listener()
         self._notify(True)
 
