@@ -221,6 +221,30 @@ async def test_retry_goes_to_another_deployment(mocks: list[Proc]) -> None:
         proc.stop()
 
 
+
+async def test_a_retry_waiting_for_a_slot_is_not_cut_by_the_failed_attempts_first_chunk_deadline(
+        mocks: list[Proc]) -> None:
+    """first_chunk applies to each attempt: after the first attempt fails (503), the retry may wait for a slot
+    (up to queue_timeout) longer than first_chunk without being cut as a first-chunk timeout."""
+    failing = start_mock("--defaults", '{"status": 503}')
+    good = start_mock()
+    mocks += [failing, good]
+    deployments = [deployment(failing.url, "down"), deployment(good.url, "capped", max_concurrent=1)]
+    proc = start_gateway(config({"name": "m", "queue_timeout": "5s", "timeouts": {"first_chunk": "500ms"},
+                                 "retry": {"backoff_initial": "10ms"}, "deployments": deployments}))
+    try:
+        occupier = asyncio.create_task(chat(proc.url, {"tokens": 12, "interval": 0.1}))
+        await asyncio.to_thread(wait_for, lambda: get_json(f"{good.url}/_mock/stats")["active"] == 1, 5.0)
+        started = time.monotonic()
+        status, headers, raw = await chat(proc.url, {"tokens": 2})
+        assert status == 200, raw
+        assert headers["x-sluicegate-deployment"] == "capped"
+        assert time.monotonic() - started > 0.6  # it waited for the occupier's slot, longer than first_chunk
+        assert (await occupier)[0] == 200
+        assert metric(proc.url, "sluicegate_concurrency_rejections_total") == 0
+    finally:
+        proc.stop()
+
 async def test_outage_retries_stay_within_budget(mocks: list[Proc]) -> None:
     """Every upstream answers 503. Without a budget, 3 attempts would triple the load; with ratio 0.2 and a floor
     of 2/s, upstream attempts stay near requests x 1.2 plus the floor."""

@@ -85,6 +85,14 @@ class StreamDeadlines:
         self.first_chunk_at = now + timeout
         self._arm(self._next_wakeup(now))
 
+    def attempt_failed(self, now: float) -> None:
+        """An attempt ended before its first event: its first-chunk deadline ends with it (also one that just fired).
+        Until the next attempt sends its request (after a backoff, perhaps a wait for a slot) only `total` runs."""
+        self.fired = None
+        self.phase = Phase.WAITING
+        self.first_chunk_at = _NEVER
+        self._arm(self._next_wakeup(now))
+
     def adopt(self, timeouts: TimeoutsConfig, started: float) -> None:
         """The deployment that won has its own deadlines (per-deployment overrides): use them from now on."""
         if timeouts is not self._timeouts:

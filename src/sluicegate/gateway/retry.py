@@ -100,6 +100,8 @@ class _Run(Generic[T]):
                 else:
                     result = await self.one(pool, deployment, deployment.upstream_model(matched, requested))
             except AttemptFailed as failure:
+                if self.deadlines is not None:
+                    self.deadlines.attempt_failed(self.loop.time())
                 condition = failure.condition
                 self.d.metrics.upstream_requests.labels(deployment.label, str(condition)).inc()
                 server_side = counts_against_deployment(condition)
