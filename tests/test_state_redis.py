@@ -322,6 +322,32 @@ async def test_an_acquire_that_sees_redis_fail_meanwhile_does_not_wait_in_a_dead
         assert time.monotonic() - started < 1.0
 
 
+async def test_a_lease_granted_while_its_answer_was_lost_is_handed_back_when_redis_answers_again(
+        shared_redis_url: str) -> None:
+    """Redis runs the acquire script (the lease is taken) but its answers come too late, twice: the instance
+    degrades and the acquire fails under the local share. That lease must not hold a cluster-wide slot until
+    lease_ttl: once Redis answers again it is handed back."""
+    prefix, key = unique_prefix(), "dep-unanswered"
+    port = int(shared_redis_url.rsplit(":", 1)[1].split("/", 1)[0])
+    async with (
+        SlowAnswers(port) as proxy,
+        running(f"redis://127.0.0.1:{proxy.port}/0", prefix, op_timeout=0.2, recheck_interval=0.2,
+                expected_instances=2, on_unavailable="fail_open") as state,
+        running(shared_redis_url, prefix) as other,
+    ):
+        assert await state.acquire_slot(key, 2, "a", timeout=0)
+        proxy.delay = 0.5
+        # Redis grants "b" (2 of 2), but no answer comes in time: degraded, the local share is 1 and "a" has it.
+        assert await state.acquire_slot(key, 2, "b", timeout=0) is False
+        assert not state.available
+        assert await other.in_use(key) == 2  # the unanswered lease
+        proxy.delay = 0.0
+        await eventually(lambda: state.available, within=5.0)
+        assert await other.in_use(key) == 1  # "a" only
+        await state.release_slot(key, "a")
+        assert await other.in_use(key) == 0
+
+
 async def test_fail_closed_refuses_admission_then_recovers(own_redis: RedisServer) -> None:
     prefix, key = unique_prefix(), "dep-closed"
     transitions: list[bool] = []

@@ -16,7 +16,9 @@ notifies its availability listeners, and checks Redis every `recheck_interval` u
 - fail_closed: `acquire_slot` and `hit_rate` raise StateUnavailable; budgets, cooldowns, sticky routes and
   gauges still use the local fallback (refusing them would gain nothing).
 On recovery every lease this instance holds (including those taken locally meanwhile) is written back before
-shared state is used again, so a restarted, empty Redis regains the fleet's true counts.
+shared state is used again, so a restarted, empty Redis regains the fleet's true counts; a lease an acquire script
+may have taken although its answer never came is handed back; and acquires still waiting under the local rules
+queue in Redis again with the time they have left.
 
 Budget deposits are the one write on every request; they are batched per key and flushed every
 `deposit_flush_interval` (or with the next withdraw/peek of that key), so they cost no round trip on the
@@ -134,6 +136,9 @@ class RedisBackend:
         self._fallback = MemoryBackend()
         self._leases: dict[str, dict[str, str]] = {}  # key -> holder -> its lease's member in Redis
         self._acquire_serial = 0
+        # Leases an acquire script may have granted although its answer never came (Redis failed meanwhile): handed
+        # back when Redis answers again, unless the acquire got its slot under the fallback (then it is ours).
+        self._unanswered: list[tuple[str, str]] = []
         self._queues: dict[str, SlotQueue] = {}
         self._pending_deposits: dict[str, _PendingDeposit] = {}
         self._listeners: list[AvailabilityListener] = []
@@ -288,6 +293,9 @@ class RedisBackend:
         except asyncio.CancelledError:
             call.add_done_callback(lambda done: self._undo_if_granted(done, key, member))
             raise
+        except _UseFallback:
+            self._unanswered.append((key, member))
+            raise
         if granted:
             self._keep(key, holder, member)
         return granted
@@ -345,6 +353,7 @@ class RedisBackend:
                         await self._eval(self._scripts.acquire, [slot_key], [batch[0].cap, self._ttl_ms, *members])
                     )
                 except _UseFallback:
+                    self._unanswered += [(key, waiter.member) for waiter in batch]
                     return
                 for waiter in batch[:granted]:
                     if waiter.future.done():
@@ -621,10 +630,18 @@ class RedisBackend:
                 await self._client.connection_pool.disconnect()
                 await self._client.ping()
                 restored = await self._renew_leases()
+                await self._hand_back_unanswered()
             except _REDIS_FAILURES:
                 continue
             self._mark_available(restored)
             return
+
+    async def _hand_back_unanswered(self) -> None:
+        held = {(key, member) for key, members in self._leases.items() for member in members.values()}
+        for key, member in self._unanswered:
+            if (key, member) not in held:
+                await self._scripts.release(keys=[self._slot_key(key)], args=[member, self._channel, key])
+        self._unanswered.clear()
 
     def _restart_listener(self) -> None:
         if self._listener_task is not None:
