@@ -86,8 +86,9 @@ def test_variable_default_and_dollar_escape() -> None:
                                                     "api_key": "sk-abc\n"}]}]},
          "models[0].deployments[0].api_key: <hidden> is not allowed: contains a line break or NUL"),
         ({"state": {"redis_timeout": "0s"}}, "state.redis_timeout: '0s' is not allowed: must be more than 0"),
-        ({"state": {"lease_ttl": "3s", "redis_timeout": "2s"}},
-         "state.redis_timeout (2s) must be less than two thirds of state.lease_ttl (3s)"),
+        ({"state": {"backend": "redis", "redis_url": "redis://127.0.0.1:6379/0", "lease_ttl": "3s",
+                    "redis_timeout": "1s"}},
+         "state.redis_timeout (1s) must be less than a third of state.lease_ttl (3s)"),
     ],
 )
 def test_errors_name_key_value_and_rule(tree: dict[str, object], message: str) -> None:

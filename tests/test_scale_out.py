@@ -181,7 +181,7 @@ async def test_killed_instance_loses_its_slots_after_lease_ttl(redis_url: str, p
     upstream = start_mock()
     procs.append(upstream)
     config = {"models": [model(upstream, deployment={"max_concurrent": 10}, queue_timeout="8s")],
-              "state": redis_state(redis_url, unique_prefix(), lease_ttl="2s")}
+              "state": redis_state(redis_url, unique_prefix(), lease_ttl="2s", redis_timeout="500ms")}
     doomed, survivor = await start_gateways(procs, config, config)
     holders = [asyncio.create_task(chat(doomed.url, {"tokens": 400, "interval": 0.05})) for _ in range(10)]
     try:

@@ -348,6 +348,50 @@ async def test_a_lease_granted_while_its_answer_was_lost_is_handed_back_when_red
         assert await other.in_use(key) == 0
 
 
+async def test_a_slot_released_while_redis_was_away_is_handed_back_when_it_answers(shared_redis_url: str) -> None:
+    """fail_open: a slot released during the outage could not be released in Redis, where its lease (renewed
+    before the outage) would hold a cluster-wide slot for lease_ttl; it is handed back when Redis answers."""
+    prefix, key = unique_prefix(), "dep-released-away"
+    port = int(shared_redis_url.rsplit(":", 1)[1].split("/", 1)[0])
+    async with (
+        SlowAnswers(port) as proxy,
+        running(f"redis://127.0.0.1:{proxy.port}/0", prefix, op_timeout=0.2, recheck_interval=0.2) as state,
+        running(shared_redis_url, prefix) as other,
+    ):
+        assert await state.acquire_slot(key, 2, "a", timeout=0)
+        proxy.delay = 0.5
+        await state.in_use(key)  # two answers too late: degraded
+        assert not state.available
+        await state.release_slot(key, "a")
+        assert await other.in_use(key) == 1  # Redis still has a's lease
+        proxy.delay = 0.0
+        await eventually(lambda: state.available, within=5.0)
+        assert await other.in_use(key) == 0
+
+
+async def test_a_slot_taken_while_the_leases_are_written_back_is_written_back_too(shared_redis_url: str) -> None:
+    """fail_open: Redis answers again and the instance writes its leases back; until it switches, the local rules
+    still grant. A slot granted during that write-back is written back as well before the switch, not only at the
+    next renewal (lease_ttl/3 later), so the cluster-wide count is right from the moment shared state is used."""
+    prefix, key = unique_prefix(), "dep-during-writeback"
+    port = int(shared_redis_url.rsplit(":", 1)[1].split("/", 1)[0])
+    async with (
+        SlowAnswers(port) as proxy,
+        running(f"redis://127.0.0.1:{proxy.port}/0", prefix, op_timeout=0.3, recheck_interval=0.2) as state,
+        running(shared_redis_url, prefix) as other,
+    ):
+        assert await state.acquire_slot(key, 3, "a", timeout=0)
+        proxy.delay = 0.7
+        await state.in_use(key)  # two answers too late: degraded
+        assert not state.available
+        proxy.delay = 0.15  # answers again, slowly: the write-back takes a while
+        await eventually(lambda: state._renewal_done is not None, within=5.0)  # the write-back is in flight
+        assert await state.acquire_slot(key, 3, "b", timeout=0)  # granted under the local rules
+        await eventually(lambda: state.available, within=5.0)
+        proxy.delay = 0.0
+        assert await other.in_use(key) == 2  # a and b
+
+
 async def test_fail_closed_refuses_admission_then_recovers(own_redis: RedisServer) -> None:
     prefix, key = unique_prefix(), "dep-closed"
     transitions: list[bool] = []

@@ -274,11 +274,12 @@ class StateConfig(Strict):
     def _redis_url(self) -> StateConfig:
         if self.backend == "redis" and not self.redis_url:
             raise ValueError("state.redis_url is required when state.backend is redis (e.g. redis://127.0.0.1:6379/0)")
-        if self.redis_timeout >= self.lease_ttl * 2 / 3:
-            # A lease is renewed lease_ttl/3 after the last renewal; that call must be able to end before it expires.
-            raise ValueError(f"state.redis_timeout ({self.redis_timeout:g}s) must be less than two thirds of "
-                             f"state.lease_ttl ({self.lease_ttl:g}s): leases are renewed every lease_ttl/3, and a "
-                             "renewal that takes redis_timeout must end before the lease runs out")
+        if self.backend == "redis" and self.redis_timeout * 3 >= self.lease_ttl:
+            # Renewals start lease_ttl/3 after the previous one ended and may take two tries of redis_timeout each:
+            # both must fit in the lease's lifetime.
+            raise ValueError(f"state.redis_timeout ({self.redis_timeout:g}s) must be less than a third of "
+                             f"state.lease_ttl ({self.lease_ttl:g}s): leases are renewed lease_ttl/3 after the last "
+                             "renewal, which may take twice redis_timeout, and must be renewed before they run out")
         return self
 
 

@@ -88,6 +88,8 @@ class StreamDeadlines:
     def attempt_failed(self, now: float) -> None:
         """An attempt ended before its first event: its first-chunk deadline ends with it (also one that just fired).
         Until the next attempt sends its request (after a backoff, perhaps a wait for a slot) only `total` runs."""
+        if self.fired is not None and self.fired is not Outcome.TIMEOUT_FIRST_CHUNK:
+            return  # the request's own deadline fired: it ends, whatever the attempt said
         self.fired = None
         self.phase = Phase.WAITING
         self.first_chunk_at = _NEVER

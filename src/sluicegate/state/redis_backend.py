@@ -136,9 +136,10 @@ class RedisBackend:
         self._fallback = MemoryBackend()
         self._leases: dict[str, dict[str, str]] = {}  # key -> holder -> its lease's member in Redis
         self._acquire_serial = 0
-        # Leases an acquire script may have granted although its answer never came (Redis failed meanwhile): handed
-        # back when Redis answers again, unless the acquire got its slot under the fallback (then it is ours).
-        self._unanswered: list[tuple[str, str]] = []
+        # Leases that may be in Redis although we do not hold them: an acquire script's grant whose answer never
+        # came, a release that did not reach Redis. Handed back when Redis answers again, unless held by then.
+        self._to_hand_back: list[tuple[str, str]] = []
+        self._lease_changes = 0  # counts changes of _leases: recovery writes them back until none came meanwhile
         self._queues: dict[str, SlotQueue] = {}
         self._pending_deposits: dict[str, _PendingDeposit] = {}
         self._listeners: list[AvailabilityListener] = []
@@ -264,10 +265,13 @@ class RedisBackend:
         del held[holder]
         if not held:
             del self._leases[key]
+        self._lease_changes += 1
         await self._fallback.release_slot(key, holder)
         if self._available and not self._closed:
             # Shielded: a caller cancelled mid-release must not leave the slot taken until its lease expires.
             await asyncio.shield(self._release_remote(key, member))
+        elif not self._closed:
+            self._to_hand_back.append((key, member))  # Redis may still have it (renewed before the outage)
 
     def _keep(self, key: str, holder: str, member: str) -> None:
         """A grant arrived for a live acquire: record it, unless the holder already holds a slot of `key` (two
@@ -277,6 +281,7 @@ class RedisBackend:
             self._spawn(self._release_remote(key, member))
         else:
             held[holder] = member
+            self._lease_changes += 1
 
     async def in_use(self, key: str) -> int:
         if self._available:
@@ -294,14 +299,18 @@ class RedisBackend:
             call.add_done_callback(lambda done: self._undo_if_granted(done, key, member))
             raise
         except _UseFallback:
-            self._unanswered.append((key, member))
+            self._to_hand_back.append((key, member))
             raise
         if granted:
             self._keep(key, holder, member)
         return granted
 
     def _undo_if_granted(self, call: asyncio.Future[Any], key: str, member: str) -> None:
-        if not call.cancelled() and call.exception() is None and call.result():
+        if call.cancelled():
+            return
+        if isinstance(call.exception(), _UseFallback):
+            self._to_hand_back.append((key, member))  # the script may have run: its answer was lost
+        elif call.exception() is None and call.result():
             self._spawn(self._release_remote(key, member))
 
     async def _wait_for_slot(self, key: str, cap: int, holder: str, member: str, deadline: float,
@@ -353,7 +362,7 @@ class RedisBackend:
                         await self._eval(self._scripts.acquire, [slot_key], [batch[0].cap, self._ttl_ms, *members])
                     )
                 except _UseFallback:
-                    self._unanswered += [(key, waiter.member) for waiter in batch]
+                    self._to_hand_back += [(key, waiter.member) for waiter in batch]
                     return
                 for waiter in batch[:granted]:
                     if waiter.future.done():
@@ -378,8 +387,11 @@ class RedisBackend:
         if renewal is not None:
             # A renewal in flight may re-add this lease; let it land before removing the lease.
             await renewal.wait()
-        with contextlib.suppress(_UseFallback):
+        try:
             await self._eval(self._scripts.release, [self._slot_key(key)], [member, self._channel, key])
+        except _UseFallback:
+            if not self._closed:
+                self._to_hand_back.append((key, member))
 
     async def _acquire_degraded(self, key: str, cap: int, holder: str, member: str, wait_s: float) -> bool:
         self._refuse_if_fail_closed()
@@ -393,7 +405,14 @@ class RedisBackend:
             return await self.acquire_slot(key, cap, holder, max(0.0, deadline - loop.time()))
         if granted:
             self._keep(key, holder, member)  # written to Redis with the others once it is back
+            if self._available and self._leases.get(key, {}).get(holder) == member:
+                # Granted locally in the moment Redis came back (after the leases were written back): write it now.
+                self._spawn(self._restore_lease(key, member))
         return granted
+
+    async def _restore_lease(self, key: str, member: str) -> None:
+        with contextlib.suppress(*_REDIS_FAILURES):  # the renewal loop writes it back otherwise
+            await self._scripts.renew(keys=[self._slot_key(key)], args=[self._ttl_ms, 1, member])
 
     def _queue_for(self, key: str) -> SlotQueue:
         queue = self._queues.get(key)
@@ -626,22 +645,33 @@ class RedisBackend:
         while not self._closed:
             await asyncio.sleep(self._recheck_interval)
             try:
-                # Drop pooled sockets from before the outage, then write our leases back before anyone counts.
+                # Drop pooled sockets from before the outage, then write our leases back before anyone counts. Until
+                # _mark_available the fallback still grants and releases: write back again until nothing changed
+                # during a pass, then switch without an await in between.
                 await self._client.connection_pool.disconnect()
                 await self._client.ping()
-                restored = await self._renew_leases()
-                await self._hand_back_unanswered()
+                restored = 0
+                while True:
+                    changes = self._lease_changes
+                    restored += await self._renew_leases()
+                    await self._hand_back()
+                    if changes == self._lease_changes:
+                        break
             except _REDIS_FAILURES:
                 continue
             self._mark_available(restored)
             return
 
-    async def _hand_back_unanswered(self) -> None:
-        held = {(key, member) for key, members in self._leases.items() for member in members.values()}
-        for key, member in self._unanswered:
-            if (key, member) not in held:
-                await self._scripts.release(keys=[self._slot_key(key)], args=[member, self._channel, key])
-        self._unanswered.clear()
+    async def _hand_back(self) -> None:
+        pending, self._to_hand_back = self._to_hand_back, []
+        try:
+            while pending:
+                key, member = pending[-1]
+                if member not in self._leases.get(key, {}).values():  # held now: looked up at this moment
+                    await self._scripts.release(keys=[self._slot_key(key)], args=[member, self._channel, key])
+                pending.pop()
+        finally:
+            self._to_hand_back += pending  # what Redis did not take yet: the next recheck tries again
 
     def _restart_listener(self) -> None:
         if self._listener_task is not None:
