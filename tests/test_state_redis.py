@@ -60,6 +60,20 @@ async def running(url: str, prefix: str, **settings: Any) -> AsyncIterator[Redis
     assert not errors, errors
 
 
+@asynccontextmanager
+async def behind_slow_answers(url: str, prefix: str, **settings: Any
+                              ) -> AsyncIterator[tuple[SlowAnswers, RedisBackend, RedisBackend]]:
+    """A backend whose Redis answers pass through a SlowAnswers proxy, and another instance that talks to Redis
+    directly (the rest of the fleet), both on `prefix`."""
+    port = int(url.rsplit(":", 1)[1].split("/", 1)[0])
+    async with (
+        SlowAnswers(port) as proxy,
+        running(f"redis://127.0.0.1:{proxy.port}/0", prefix, **settings) as slow,
+        running(url, prefix) as other,
+    ):
+        yield proxy, slow, other
+
+
 class TestRedisContract(StateContract):
     def clock(self) -> float:
         return time.time()  # the scripts use Redis server time; the server runs on this machine
@@ -184,12 +198,7 @@ async def test_a_late_grant_for_a_timed_out_wait_never_frees_the_same_holders_ne
     free the new acquire's slot: with cap 1 the slot stays taken and another holder is refused. Redis's answers
     to the waiting instance are held back by a proxy, so the grant lands after the deadline on purpose."""
     prefix, key = unique_prefix(), "dep-late-grant"
-    port = int(shared_redis_url.rsplit(":", 1)[1].split("/", 1)[0])
-    async with (
-        SlowAnswers(port) as proxy,
-        running(f"redis://127.0.0.1:{proxy.port}/0", prefix, poll_interval=30.0) as waiting_side,
-        running(shared_redis_url, prefix) as other,
-    ):
+    async with behind_slow_answers(shared_redis_url, prefix, poll_interval=30.0) as (proxy, waiting_side, other):
         # Open pooled connections now: a connection opened later would need round trips through the slow proxy.
         await asyncio.gather(*(waiting_side.in_use(key) for _ in range(4)))
         assert await other.acquire_slot(key, 1, "A", timeout=0)
@@ -328,13 +337,9 @@ async def test_a_lease_granted_while_its_answer_was_lost_is_handed_back_when_red
     degrades and the acquire fails under the local share. That lease must not hold a cluster-wide slot until
     lease_ttl: once Redis answers again it is handed back."""
     prefix, key = unique_prefix(), "dep-unanswered"
-    port = int(shared_redis_url.rsplit(":", 1)[1].split("/", 1)[0])
-    async with (
-        SlowAnswers(port) as proxy,
-        running(f"redis://127.0.0.1:{proxy.port}/0", prefix, op_timeout=0.2, recheck_interval=0.2,
-                expected_instances=2, on_unavailable="fail_open") as state,
-        running(shared_redis_url, prefix) as other,
-    ):
+    slow = behind_slow_answers(shared_redis_url, prefix, op_timeout=0.2, recheck_interval=0.2, expected_instances=2,
+                               on_unavailable="fail_open")
+    async with slow as (proxy, state, other):
         assert await state.acquire_slot(key, 2, "a", timeout=0)
         proxy.delay = 0.5
         # Redis grants "b" (2 of 2), but no answer comes in time: degraded, the local share is 1 and "a" has it.
@@ -352,12 +357,8 @@ async def test_a_slot_released_while_redis_was_away_is_handed_back_when_it_answe
     """fail_open: a slot released during the outage could not be released in Redis, where its lease (renewed
     before the outage) would hold a cluster-wide slot for lease_ttl; it is handed back when Redis answers."""
     prefix, key = unique_prefix(), "dep-released-away"
-    port = int(shared_redis_url.rsplit(":", 1)[1].split("/", 1)[0])
-    async with (
-        SlowAnswers(port) as proxy,
-        running(f"redis://127.0.0.1:{proxy.port}/0", prefix, op_timeout=0.2, recheck_interval=0.2) as state,
-        running(shared_redis_url, prefix) as other,
-    ):
+    slow = behind_slow_answers(shared_redis_url, prefix, op_timeout=0.2, recheck_interval=0.2)
+    async with slow as (proxy, state, other):
         assert await state.acquire_slot(key, 2, "a", timeout=0)
         proxy.delay = 0.5
         await state.in_use(key)  # two answers too late: degraded
@@ -374,12 +375,8 @@ async def test_a_slot_taken_while_the_leases_are_written_back_is_written_back_to
     still grant. A slot granted during that write-back is written back as well before the switch, not only at the
     next renewal (lease_ttl/3 later), so the cluster-wide count is right from the moment shared state is used."""
     prefix, key = unique_prefix(), "dep-during-writeback"
-    port = int(shared_redis_url.rsplit(":", 1)[1].split("/", 1)[0])
-    async with (
-        SlowAnswers(port) as proxy,
-        running(f"redis://127.0.0.1:{proxy.port}/0", prefix, op_timeout=0.3, recheck_interval=0.2) as state,
-        running(shared_redis_url, prefix) as other,
-    ):
+    slow = behind_slow_answers(shared_redis_url, prefix, op_timeout=0.3, recheck_interval=0.2)
+    async with slow as (proxy, state, other):
         assert await state.acquire_slot(key, 3, "a", timeout=0)
         proxy.delay = 0.7
         await state.in_use(key)  # two answers too late: degraded
