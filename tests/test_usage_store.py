@@ -433,6 +433,8 @@ def test_make_usage_store_picks_the_store_from_the_setting(tmp_path: Path) -> No
     postgres = make_usage_store("postgresql://user@db.internal:5432/usage")
     assert isinstance(postgres, PostgresUsageStore)
     assert isinstance(make_usage_store("postgres://user@db.internal/usage"), PostgresUsageStore)
+    unprepared = make_usage_store("postgresql://user@db.internal/usage", prepared_statements=False)
+    assert isinstance(unprepared, PostgresUsageStore) and unprepared._writer._prepare_threshold is None
     relative = make_usage_store("sqlite:///data/usage.db")
     assert isinstance(relative, SQLiteUsageStore) and relative.path == Path("data/usage.db")
     absolute = make_usage_store(f"sqlite:///{tmp_path}/usage.db")
@@ -625,6 +627,28 @@ async def test_a_record_the_database_refuses_is_dropped_alone(backend: Backend) 
     assert await store.get(FULL.request_id) == FULL
     assert await store.get(SPARSE.request_id) == SPARSE
     assert await store.get("req-bad") is None
+
+
+async def test_postgres_prepared_statements_can_be_turned_off(pg_dsn: str, pg_schema: str) -> None:
+    """usage.prepared_statements: on by default the driver prepares the insert on the server once it has run a few
+    times; off (for a pooler in transaction mode) the server never holds a prepared statement of the store's."""
+    for prepared in (True, False):
+        store = PostgresUsageStore(pg_dsn, schema=pg_schema, prepared_statements=prepared)
+        await store.start()
+        try:
+            for i in range(8):
+                await store.write_batch([make_record(100 * int(prepared) + i)])
+
+            async def prepared_here(connection: psycopg.AsyncConnection[Any]) -> int:
+                cursor = await connection.execute("SELECT count(*) FROM pg_prepared_statements")
+                row = await cursor.fetchone()
+                assert row is not None
+                return int(row[0])
+
+            count = await store._writer.run(prepared_here)  # the writer's own session
+            assert (count > 0) is prepared, (prepared, count)
+        finally:
+            await store.close()
 
 
 async def test_postgres_connection_killed_loses_nothing(

@@ -289,6 +289,7 @@ class UsageConfig(Strict):
     max_queue: int = Field(default=10_000, ge=1)
     batch_size: int = Field(default=500, ge=1)
     flush_interval: PositiveDuration = 0.5
+    prepared_statements: bool = True  # PostgreSQL only: false behind a pooler in transaction mode
 
     @field_validator("dsn")
     @classmethod

@@ -189,7 +189,7 @@ async def _observability(app: web.Application) -> AsyncIterator[None]:
     store = None
     recorder = None
     if config.usage.enabled:
-        store = make_usage_store(config.usage.dsn)
+        store = make_usage_store(config.usage.dsn, prepared_statements=config.usage.prepared_statements)
         await store.start()
         app[USAGE_STORE] = store
         dropped = metrics_.usage_dropped

@@ -11,8 +11,9 @@ _POSTGRES_SCHEMES = ("postgresql://", "postgres://")
 _SQLITE_SCHEME = "sqlite:///"
 
 
-def make_usage_store(dsn_or_path: str) -> UsageStore:
+def make_usage_store(dsn_or_path: str, *, prepared_statements: bool = True) -> UsageStore:
     """`postgresql://...` or `postgres://...` -> PostgreSQL; `sqlite:///path` or a plain file path -> SQLite.
+    `prepared_statements` only matters for PostgreSQL.
 
     `sqlite:///relative.db` is relative to the working directory, `sqlite:////var/lib/usage.db` absolute (the
     SQLAlchemy convention). The store is not started: call `await store.start()`.
@@ -22,7 +23,7 @@ def make_usage_store(dsn_or_path: str) -> UsageStore:
         # Imported here so a SQLite-only deployment never loads the PostgreSQL driver.
         from .postgres_store import PostgresUsageStore
 
-        return PostgresUsageStore(value)
+        return PostgresUsageStore(value, prepared_statements=prepared_statements)
     if value.startswith(_SQLITE_SCHEME) and len(value) > len(_SQLITE_SCHEME):
         return SQLiteUsageStore(Path(value[len(_SQLITE_SCHEME) :]))
     if value and "://" not in value and not value.startswith(("sqlite:", "postgres")):

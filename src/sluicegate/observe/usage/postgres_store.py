@@ -39,9 +39,13 @@ class _ReconnectingConnection:
         describe: str,
         connect_timeout: float,
         op_timeout: float,
+        prepared_statements: bool = True,
         on_connect: Callable[[_Connection], Awaitable[None]] | None = None,
     ) -> None:
         self._conninfo = conninfo
+        # psycopg prepares a statement on the server after 5 runs; None never does (poolers in transaction mode
+        # hand each transaction to any server connection, where the prepared statement does not exist).
+        self._prepare_threshold: int | None = 5 if prepared_statements else None
         self._describe = describe
         self._connect_timeout = connect_timeout
         self._op_timeout = op_timeout
@@ -72,7 +76,8 @@ class _ReconnectingConnection:
         if self._connection is not None and not self._connection.closed:
             return self._connection
         connection = await psycopg.AsyncConnection.connect(
-            self._conninfo, autocommit=True, connect_timeout=max(1, round(self._connect_timeout))
+            self._conninfo, autocommit=True, connect_timeout=max(1, round(self._connect_timeout)),
+            prepare_threshold=self._prepare_threshold,
         )
         try:
             if self._on_connect is not None:
@@ -94,7 +99,8 @@ class PostgresUsageStore:
     """Usage records in a PostgreSQL database.
 
     `dsn` is any libpq connection string or URI. `schema`: where the tables live (created if missing); None
-    uses the connection's search_path.
+    uses the connection's search_path. `prepared_statements=False` for a pooler in transaction mode (PgBouncer
+    before 1.21, or without max_prepared_statements).
     """
 
     def __init__(
@@ -104,6 +110,7 @@ class PostgresUsageStore:
         schema: str | None = None,
         connect_timeout: float = 5.0,
         op_timeout: float = 30.0,
+        prepared_statements: bool = True,
     ) -> None:
         self._schema = schema
         self._prefix = "" if schema is None else f"{_quote_identifier(schema)}."
@@ -121,10 +128,12 @@ class PostgresUsageStore:
             describe=describe,
             connect_timeout=connect_timeout,
             op_timeout=op_timeout,
+            prepared_statements=prepared_statements,
             on_connect=self._migrate,
         )
         self._reader = _ReconnectingConnection(
-            dsn, describe=describe, connect_timeout=connect_timeout, op_timeout=op_timeout
+            dsn, describe=describe, connect_timeout=connect_timeout, op_timeout=op_timeout,
+            prepared_statements=prepared_statements,
         )
 
     async def start(self) -> None:
