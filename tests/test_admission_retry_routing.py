@@ -47,6 +47,14 @@ async def chat(url: str, mock: dict[str, object] | None = None, *, model: str = 
         return resp.status, dict(resp.headers), await resp.read()
 
 
+
+async def settled(proc: Proc, within: float = 10.0) -> bool:
+    """No stream and no upstream request of the gateway in flight (the gauges come back to zero)."""
+    def idle() -> bool:
+        return (metric(proc.url, "sluicegate_streams_in_flight") == 0
+                and metric(proc.url, "sluicegate_upstream_in_flight") == 0)
+    return bool(await asyncio.to_thread(wait_for, idle, within))
+
 @pytest.fixture
 def mocks() -> Iterator[list[Proc]]:
     started: list[Proc] = []
@@ -107,10 +115,7 @@ async def test_caps_never_exceeded_under_random_faults(mocks: list[Proc], caps: 
         assert statuses[200] > 0 and statuses[429] > 0, statuses  # some streamed, some were refused after the queue
         assert set(statuses) <= {0, 200, 429, 502, 503, 504}, statuses
 
-        def settled() -> bool:
-            return (metric(proc.url, "sluicegate_streams_in_flight") == 0
-                    and metric(proc.url, "sluicegate_upstream_in_flight") == 0)
-        assert await asyncio.to_thread(wait_for, settled, 10.0)
+        assert await settled(proc)
         assert metric(proc.url, "sluicegate_concurrency_rejections_total", scope="deployment",
                       reason="queue_timeout") > 0
         # Every slot came back: a burst that fits the caps streams at once.
@@ -200,6 +205,7 @@ async def test_queued_requests_are_served_in_arrival_order_across_deployments(mo
         assert get_json(f"{upstream.url}/_mock/stats")["high_water"] == 2
         assert metric(proc.url, "sluicegate_concurrency_rejections_total", reason="client_gone") == 1
         assert metric(proc.url, "sluicegate_concurrency_rejections_total", reason="queue_timeout") == 0
+        assert await settled(proc)
     finally:
         proc.stop()
 
@@ -250,6 +256,7 @@ async def test_a_retry_waiting_for_a_slot_is_not_cut_by_the_failed_attempts_firs
         assert time.monotonic() - started > 0.6  # it waited for the occupier's slot, longer than first_chunk
         assert (await occupier)[0] == 200
         assert metric(proc.url, "sluicegate_concurrency_rejections_total") == 0
+        assert await settled(proc)
     finally:
         proc.stop()
 

@@ -105,6 +105,6 @@ async def test_a_slot_granted_in_the_same_moment_wins_over_another_deployments_f
     waiting = asyncio.create_task(admission.wait_for_any_deployment([("a", 1), ("b", 1)], "w", 5.0))
     await asyncio.sleep(0.01)
     backend.a_fails.set()
-    backend.release_slot_now("deployment:b", "y")
+    backend.release_slot_nowait("deployment:b", "y")
     assert await asyncio.wait_for(waiting, 1.0) == 1  # b's slot, not a 503 for a
     assert backend.holds_slot("deployment:b", "w")

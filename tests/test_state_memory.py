@@ -129,6 +129,18 @@ class StateContract:
         # A double release that freed a second slot would let "d" in.
         assert await backend.acquire_slot(key, 2, "d", timeout=0) is False
 
+    async def test_release_without_awaiting_frees_the_slot_for_a_waiter(self, backend: StateBackend) -> None:
+        key = "dep-nowait"
+        assert await backend.acquire_slot(key, 1, "a", timeout=0)
+        waiting = asyncio.create_task(backend.acquire_slot(key, 1, "b", timeout=5.0))
+        await asyncio.sleep(0.05)
+        backend.release_slot_nowait(key, "a")
+        backend.release_slot_nowait(key, "a")  # idempotent, like release_slot
+        assert await asyncio.wait_for(waiting, 5.0)
+        assert await backend.in_use(key) == 1
+        await backend.release_slot(key, "b")
+        assert await backend.in_use(key) == 0
+
     async def test_cancelled_waiter_leaves_no_slot_taken(self, backend: StateBackend) -> None:
         key = "dep-cancel"
         assert await backend.acquire_slot(key, 1, "a", timeout=0)

@@ -74,6 +74,14 @@ async def behind_slow_answers(url: str, prefix: str, **settings: Any
         yield proxy, slow, other
 
 
+
+async def degrade(proxy: SlowAnswers, state: RedisBackend, delay: float) -> None:
+    """Redis's answers come `delay` late, longer than the backend's op_timeout: two in a row and it degrades."""
+    proxy.delay = delay
+    await state.in_use("any")
+    assert not state.available
+
+
 class TestRedisContract(StateContract):
     def clock(self) -> float:
         return time.time()  # the scripts use Redis server time; the server runs on this machine
@@ -360,9 +368,7 @@ async def test_a_slot_released_while_redis_was_away_is_handed_back_when_it_answe
     slow = behind_slow_answers(shared_redis_url, prefix, op_timeout=0.2, recheck_interval=0.2)
     async with slow as (proxy, state, other):
         assert await state.acquire_slot(key, 2, "a", timeout=0)
-        proxy.delay = 0.5
-        await state.in_use(key)  # two answers too late: degraded
-        assert not state.available
+        await degrade(proxy, state, 0.5)
         await state.release_slot(key, "a")
         assert await other.in_use(key) == 1  # Redis still has a's lease
         proxy.delay = 0.0
@@ -378,9 +384,7 @@ async def test_a_slot_taken_while_the_leases_are_written_back_is_written_back_to
     slow = behind_slow_answers(shared_redis_url, prefix, op_timeout=0.3, recheck_interval=0.2)
     async with slow as (proxy, state, other):
         assert await state.acquire_slot(key, 3, "a", timeout=0)
-        proxy.delay = 0.7
-        await state.in_use(key)  # two answers too late: degraded
-        assert not state.available
+        await degrade(proxy, state, 0.7)
         proxy.delay = 0.15  # answers again, slowly: the write-back takes a while
         await eventually(lambda: state._renewal_done is not None, within=5.0)  # the write-back is in flight
         assert await state.acquire_slot(key, 3, "b", timeout=0)  # granted under the local rules

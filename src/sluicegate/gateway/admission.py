@@ -45,18 +45,6 @@ class ClientKey:
         return False
 
 
-_background: set[asyncio.Task[None]] = set()
-
-
-def _release_soon(backend: StateBackend, key: str, holder: str) -> None:
-    if isinstance(backend, MemoryBackend):
-        backend.release_slot_now(key, holder)  # nothing to wait for: no task per request
-        return
-    task = asyncio.get_running_loop().create_task(backend.release_slot(key, holder))
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-
-
 class Slots:
     """The slots one request holds. Each is released once, whatever ends the request."""
 
@@ -73,7 +61,7 @@ class Slots:
         keep = []
         for backend, held_key, held_by in self._held:
             if (key is None or held_key == key) and (holder is None or held_by == holder):
-                _release_soon(backend, held_key, held_by)
+                backend.release_slot_nowait(held_key, held_by)
             else:
                 keep.append((backend, held_key, held_by))
         self._held = keep
@@ -189,4 +177,4 @@ class Admission:
 
 def _hand_back(backend: StateBackend, key: str, holder: str, wait: asyncio.Future[bool]) -> None:
     if not wait.cancelled() and wait.exception() is None and wait.result():
-        _release_soon(backend, key, holder)
+        backend.release_slot_nowait(key, holder)

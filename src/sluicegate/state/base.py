@@ -43,7 +43,9 @@ class StateBackend(Protocol):
     waiters are served first come, first served (per process for Redis; across processes whoever asks Redis first
     after a release wins). A holder holds at most one slot per key: acquiring again with the same holder returns
     True without taking a second slot. Cancelling a waiting acquire leaves no slot taken. `release_slot` is
-    idempotent. `cap` must be >= 1 (an unlimited cap should not call acquire at all).
+    idempotent; `release_slot_nowait` does the same without awaiting (for callers that must not be interrupted: at
+    once in process, by the backend's own background task when the release needs a round trip). `cap` must be
+    >= 1 (an unlimited cap should not call acquire at all).
 
     Rate windows: `hit_rate` counts one hit against `limit` per `window_s` with a sliding-window counter (the
     previous fixed window's count weighted by how much of it still overlaps the sliding window); refused hits are
@@ -77,6 +79,8 @@ class StateBackend(Protocol):
     async def acquire_slot(self, key: str, cap: int, holder: str, timeout: float) -> bool: ...  # noqa: ASYNC109
 
     async def release_slot(self, key: str, holder: str) -> None: ...
+
+    def release_slot_nowait(self, key: str, holder: str) -> None: ...
 
     async def in_use(self, key: str) -> int: ...
 

@@ -97,8 +97,8 @@ class MemoryBackend:
     async def release_slot(self, key: str, holder: str) -> None:
         self._slots.release(key, holder)
 
-    def release_slot_now(self, key: str, holder: str) -> None:
-        """`release_slot` without a coroutine: in-process state has nothing to wait for."""
+    def release_slot_nowait(self, key: str, holder: str) -> None:
+        """`release_slot` at once: in-process state has nothing to wait for (no task per release)."""
         self._slots.release(key, holder)
 
     async def in_use(self, key: str) -> int:

@@ -2,9 +2,8 @@
 
 Slots are leases: a sorted set per key, score = expiry (server time), member = the holder's id plus a serial of
 the acquire call that took it. The serial matters: an answer that grants a waiter can arrive after the waiter's
-deadline, and that grant is handed back; if the same holder has asked again meanwhile (the gateway waits in
-short slices), handing back the old grant by the holder's name alone would free the new one, and the cap would be
-exceeded. Acquire/renew/release are Lua scripts (one round trip each). A background renewer re-arms every lease
+deadline, and that grant is handed back; if the same holder has asked again meanwhile, handing back the old
+grant by the holder's name alone would free the new one, and the cap would be exceeded. Acquire/renew/release are Lua scripts (one round trip each). A background renewer re-arms every lease
 this instance holds every lease_ttl/3, one script call per batch of keys, so an instance that dies (kill -9)
 loses its slots after at most lease_ttl. Releases are published on one channel; waiters on every instance wake
 on it and also re-check on a short poll (the safety net for lost messages and expired leases).
@@ -256,6 +255,10 @@ class RedisBackend:
         member = held.get(holder) if held is not None else None
         if member is not None:
             await self._release_member(key, holder, member)
+
+    def release_slot_nowait(self, key: str, holder: str) -> None:
+        # A task of our own: close() lets releases in flight finish before it hands back the rest.
+        self._spawn(self.release_slot(key, holder))
 
     async def _release_member(self, key: str, holder: str, member: str) -> None:
         """Release the lease `member` if it is still the one `holder` holds (not one it took later)."""
