@@ -3,10 +3,11 @@
 Slots are leases: a sorted set per key, score = expiry (server time), member = the holder's id plus a serial of
 the acquire call that took it. The serial matters: an answer that grants a waiter can arrive after the waiter's
 deadline, and that grant is handed back; if the same holder has asked again meanwhile, handing back the old
-grant by the holder's name alone would free the new one, and the cap would be exceeded. Acquire/renew/release are Lua scripts (one round trip each). A background renewer re-arms every lease
-this instance holds every lease_ttl/3, one script call per batch of keys, so an instance that dies (kill -9)
-loses its slots after at most lease_ttl. Releases are published on one channel; waiters on every instance wake
-on it and also re-check on a short poll (the safety net for lost messages and expired leases).
+grant by the holder's name alone would free the new one, and the cap would be exceeded. Acquire/renew/release
+are Lua scripts (one round trip each). A background renewer re-arms every lease this instance holds every
+lease_ttl/3, one script call per batch of keys, so an instance that dies (kill -9) loses its slots after at most
+lease_ttl. Releases are published on one channel; waiters on every instance wake on it and also re-check on a
+short poll (the safety net for lost messages and expired leases).
 
 When Redis fails (connection refused, timeout, any Redis error) the backend degrades once, logs one line,
 notifies its availability listeners, and checks Redis every `recheck_interval` until it answers:
